@@ -1,0 +1,1 @@
+"""cytoself-jax: self-supervised protein localization embeddings (Kobayashi et al. 2022) in JAX/Flax."""
