@@ -1,0 +1,271 @@
+"""The crop store: a directory holding every single-cell crop of a dataset.
+
+Layout (see docs/DESIGN.md, "The crop store"):
+- ``crops.npy``: one array ``(N, H, W, C)`` of raw intensities (uint8, uint16, float16 or float32), memory-mapped.
+- ``crops.csv``: one row per crop in array order; columns ``protein``, ``fov`` (required, non-empty),
+  ``family`` and ``source`` (optional, may be empty).
+- ``store.json``: ``{"format": "cytoself-jax-crops", "version": 1, "channels": [...], "shape": [...], "dtype": ...}``.
+
+Writing goes through a temporary sibling directory renamed into place, so a crash never leaves a half-written
+store at the final path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+
+FORMAT = "cytoself-jax-crops"
+VERSION = 1
+DTYPES = ("uint8", "uint16", "float16", "float32")
+REQUIRED_COLUMNS = ("protein", "fov")
+OPTIONAL_COLUMNS = ("family", "source")
+IMAGES_FILE, TABLE_FILE, META_FILE = "crops.npy", "crops.csv", "store.json"
+
+
+class StoreError(ValueError):
+    """A crop store (or data about to become one) is malformed; the message is one line naming file and field."""
+
+
+def _fail(where: Path | str, field: str, what: str) -> StoreError:
+    return StoreError(f"{where}: {field}: {what}")
+
+
+def _check_channels(channels: Sequence[str], where: Path | str) -> tuple[str, ...]:
+    channels = tuple(channels) if not isinstance(channels, str) else (channels,)
+    if not channels or not all(isinstance(c, str) and c for c in channels):
+        raise _fail(where, "channels", f"expected a non-empty list of non-empty names, found {list(channels)!r}")
+    if len(set(channels)) != len(channels):
+        raise _fail(where, "channels", f"expected unique names, found {list(channels)!r}")
+    if "protein" not in channels:
+        raise _fail(where, "channels", f"expected a 'protein' channel, found {list(channels)!r}")
+    return channels
+
+
+def _check_table(table: pd.DataFrame, num_crops: int, where: Path | str) -> pd.DataFrame:
+    """Validate a crop table against the array length; returns a copy with string columns and a 0..N-1 index."""
+    if not isinstance(table, pd.DataFrame):
+        table = pd.DataFrame(table)
+    for column in REQUIRED_COLUMNS:
+        if column not in table.columns:
+            raise _fail(where, column, f"required column missing; found columns {list(table.columns)}")
+    if len(table) != num_crops:
+        raise _fail(where, "rows", f"expected {num_crops} rows (one per crop in {IMAGES_FILE}), found {len(table)}")
+    table = table.reset_index(drop=True).copy()
+    for column in OPTIONAL_COLUMNS:
+        if column not in table.columns:
+            table[column] = ""
+    for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+        table[column] = table[column].fillna("").astype(str)
+    for column in REQUIRED_COLUMNS:
+        empty = np.flatnonzero(table[column].str.strip().to_numpy() == "")
+        if empty.size:
+            raise _fail(where, column, f"expected a non-empty value in every row, row {int(empty[0])} is empty "
+                                       f"({empty.size} empty rows)")
+    return table
+
+
+class CropStore:
+    """An opened, validated crop store. ``images`` is a read-only memmap ``(N, H, W, C)``; ``table`` a DataFrame.
+
+    Pickles cheaply (path and table only; the memmap is reopened), so it can travel to data-loader workers.
+    """
+
+    def __init__(self, path: Path, images: np.ndarray, table: pd.DataFrame, channels: tuple[str, ...]):
+        self.path = Path(path)
+        self.images = images
+        self.table = table
+        self.channels = channels
+        self.proteins: tuple[str, ...] = tuple(sorted(table["protein"].unique()))
+        # int32 label per crop: index into self.proteins.
+        self.protein_ids: np.ndarray = np.searchsorted(np.asarray(self.proteins, dtype=object),
+                                                       table["protein"].to_numpy(dtype=object)).astype(np.int32)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one crop."""
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    def channel_indices(self, names: Sequence[str]) -> tuple[int, ...]:
+        """Positions of the named channels in the array's last axis, in the order asked."""
+        missing = [n for n in names if n not in self.channels]
+        if missing:
+            raise _fail(self.path / META_FILE, "channels",
+                        f"config asks for {missing[0]!r} but the store has {list(self.channels)}")
+        return tuple(self.channels.index(n) for n in names)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "table": self.table, "channels": self.channels}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], np.load(Path(state["path"]) / IMAGES_FILE, mmap_mode="r"),
+                      state["table"], state["channels"])
+
+    def __repr__(self) -> str:
+        return f"CropStore({str(self.path)!r}, N={len(self)}, image_shape={self.image_shape}, channels={self.channels})"
+
+
+def open_store(path: str | os.PathLike) -> CropStore:
+    """Open and validate the crop store at ``path``; raises StoreError (one line: file, field, what) otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise _fail(path, "store", "expected a crop store directory, found " + ("a file" if path.exists() else "nothing"))
+    for name in (META_FILE, IMAGES_FILE, TABLE_FILE):
+        if not (path / name).is_file():
+            raise _fail(path / name, "file", "missing")
+
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _fail(meta_path, "json", f"unreadable: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _fail(meta_path, "format", f"expected {FORMAT!r}, found {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    if meta.get("version") != VERSION:
+        raise _fail(meta_path, "version", f"expected {VERSION}, found {meta.get('version')!r}")
+    channels = _check_channels(meta.get("channels") or (), meta_path)
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise _fail(meta_path, "shape", f"expected [N, H, W, C] of non-negative integers, found {shape!r}")
+    if shape[0] == 0:
+        raise _fail(meta_path, "shape", "expected at least one crop, found N=0 (empty store)")
+    if shape[3] != len(channels):
+        raise _fail(meta_path, "channels", f"expected {shape[3]} names (C in shape {shape}), found {len(channels)}")
+    dtype = meta.get("dtype")
+    if dtype not in DTYPES:
+        raise _fail(meta_path, "dtype", f"expected one of {list(DTYPES)}, found {dtype!r}")
+
+    images_path = path / IMAGES_FILE
+    try:
+        images = np.load(images_path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise _fail(images_path, "array", f"unreadable .npy: {err}") from None
+    if list(images.shape) != shape:
+        raise _fail(images_path, "shape", f"expected {shape} (from {META_FILE}), found {list(images.shape)}")
+    if str(images.dtype) != dtype:
+        raise _fail(images_path, "dtype", f"expected {dtype} (from {META_FILE}), found {images.dtype}")
+
+    table_path = path / TABLE_FILE
+    try:
+        # dtype=str and no NA parsing: protein names like "NA" or "NULL" must stay strings, empty stays empty.
+        table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise _fail(table_path, "csv", f"unreadable: {err}") from None
+    table = _check_table(table, shape[0], table_path)
+    return CropStore(path, images, table, channels)
+
+
+class StoreWriter:
+    """A store being written: fill ``images[i]`` (a memmap in a temporary sibling dir), then ``finalize(table)``.
+
+    Usable as a context manager: leaving the block with an exception removes the temporary directory.
+    """
+
+    def __init__(self, path: Path, num_crops: int, image_shape: Sequence[int], channels: Sequence[str],
+                 dtype: str | np.dtype, overwrite: bool):
+        self.path = Path(path)
+        self.channels = _check_channels(channels, self.path / META_FILE)
+        dtype = np.dtype(dtype).name
+        if dtype not in DTYPES:
+            raise _fail(self.path / META_FILE, "dtype", f"expected one of {list(DTYPES)}, found {dtype!r}")
+        if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
+            raise _fail(self.path / META_FILE, "shape", f"expected image_shape (H, W, C) > 0, found {tuple(image_shape)}")
+        if int(image_shape[2]) != len(self.channels):
+            raise _fail(self.path / META_FILE, "channels",
+                        f"expected {image_shape[2]} names (C in image_shape), found {len(self.channels)}")
+        if num_crops <= 0:
+            raise _fail(self.path / META_FILE, "shape", f"expected at least one crop, found num_crops={num_crops}")
+        if self.path.exists() and not overwrite:
+            raise _fail(self.path, "store", "already exists; pass overwrite=True to replace it")
+        self.overwrite = overwrite
+        self.shape = (int(num_crops), *(int(s) for s in image_shape))
+        self.dtype = dtype
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp_path.mkdir()
+        self.images = open_memmap(self.tmp_path / IMAGES_FILE, mode="w+", dtype=dtype, shape=self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def finalize(self, table: pd.DataFrame) -> CropStore:
+        """Validate ``table`` (one row per crop), write it and the metadata, and move the store into place."""
+        table = _check_table(table, self.shape[0], self.path / TABLE_FILE)
+        self.images.flush()
+        del self.images  # release the memmap before renaming (required on Windows)
+        table.to_csv(self.tmp_path / TABLE_FILE, index=False)
+        meta = {"format": FORMAT, "version": VERSION, "channels": list(self.channels), "shape": list(self.shape),
+                "dtype": self.dtype}
+        (self.tmp_path / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        if self.path.exists():
+            if not self.overwrite:
+                self.abort()
+                raise _fail(self.path, "store", "appeared while writing; pass overwrite=True to replace it")
+            # A directory cannot be os.replace'd onto a non-empty one: move the old store aside first, so the
+            # final path always holds either the old or the new complete store.
+            trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.path, trash)
+            os.replace(self.tmp_path, self.path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp_path, self.path)
+        return open_store(self.path)
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        self.__dict__.pop("images", None)
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def create_store(path: str | os.PathLike, num_crops: int, image_shape: Sequence[int], channels: Sequence[str],
+                 dtype: str | np.dtype, *, overwrite: bool = False) -> StoreWriter:
+    """Start writing a store of ``num_crops`` crops of ``image_shape`` (H, W, C); refuses an existing path
+    unless ``overwrite``."""
+    return StoreWriter(Path(path), num_crops, image_shape, channels, dtype, overwrite)
+
+
+def write_store(path: str | os.PathLike, images: np.ndarray, table: pd.DataFrame, channels: Sequence[str], *,
+                overwrite: bool = False) -> CropStore:
+    """Write in-memory ``images`` (N, H, W, C) and their ``table`` as a store; returns the opened store."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise _fail(Path(path) / IMAGES_FILE, "shape", f"expected (N, H, W, C), found {images.shape}")
+    with create_store(path, images.shape[0], images.shape[1:], channels, images.dtype, overwrite=overwrite) as writer:
+        writer.images[:] = images
+        return writer.finalize(table)
+
+
+def check_pixels(store: CropStore | StoreWriter, *, chunk: int = 4096, progress: bool = False) -> np.ndarray:
+    """Rows (sorted int64) holding a NaN/inf pixel or whose protein channel is constant; scans ``chunk`` crops at
+    a time so a memmapped store never loads whole."""
+    images, protein = store.images, store.channels.index("protein")
+    floating = np.issubdtype(images.dtype, np.floating)
+    bad = []
+    for start in tqdm(range(0, images.shape[0], chunk), desc="checking pixels", unit="chunk", disable=not progress):
+        block = np.asarray(images[start:start + chunk])
+        flat = block.reshape(block.shape[0], -1, block.shape[-1])
+        is_bad = np.zeros(block.shape[0], dtype=bool)
+        if floating:
+            is_bad |= ~np.isfinite(flat).all(axis=(1, 2))
+        prot = flat[..., protein]
+        is_bad |= prot.min(axis=1) == prot.max(axis=1)
+        bad.append(start + np.flatnonzero(is_bad))
+    return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
