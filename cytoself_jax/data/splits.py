@@ -1,0 +1,79 @@
+"""Train/val/test splits by field of view, per protein, so crops of one field never straddle two splits."""
+from __future__ import annotations
+
+import warnings
+import zlib
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The crop table cannot be split as asked; the message is one line."""
+
+
+def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    fr = np.asarray(fractions, dtype=np.float64)
+    if fr.shape != (3,) or (fr < 0).any() or fr[0] <= 0 or abs(fr.sum() - 1.0) > 1e-6:
+        raise SplitError(f"split: fractions: expected three non-negative numbers (train > 0) summing to 1, "
+                         f"found {tuple(fractions)}")
+    return fr
+
+
+def _assign_fields(sizes: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Split index (0/1/2) for each field, fields taken in the given (already shuffled) order.
+
+    Each split with a positive fraction first gets one field while fields remain (train first); every further field
+    goes to the split furthest below its target crop count.
+    """
+    target = fractions * sizes.sum()
+    counts = np.zeros(3)
+    out = np.empty(len(sizes), dtype=np.int64)
+    seeded = [s for s in range(3) if fractions[s] > 0]
+    for i, size in enumerate(sizes):
+        split = seeded[i] if i < len(seeded) else int(np.argmax(target - counts))
+        out[i] = split
+        counts[split] += size
+    return out
+
+
+def split_by_field(table: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   allow_single_field: bool = False) -> dict[str, np.ndarray]:
+    """Split crops into ``{'train','val','test'}`` -> sorted int64 row positions of ``table``.
+
+    Per protein, its fields of view (``fov`` column) are shuffled with a generator seeded by (``seed``, protein
+    name), and assigned whole to the splits, aiming at ``fractions`` by crop count, at least one field per split
+    (with a positive fraction) when the protein has >= 3 fields. A protein with a single field raises SplitError
+    unless ``allow_single_field``, in which case its crops go to train only (with a warning). Deterministic: the
+    result depends on ``seed`` and the table's contents, not on row order of other proteins.
+    """
+    fr = _check_fractions(fractions)
+    for column in ("protein", "fov"):
+        if column not in table.columns:
+            raise SplitError(f"crop table: {column}: required column missing; found columns {list(table.columns)}")
+    proteins = table["protein"].astype(str).to_numpy()
+    fovs = table["fov"].astype(str).to_numpy()
+    split_of_row = np.full(len(table), -1, dtype=np.int64)
+    single = []
+    for protein in np.unique(proteins):
+        rows = np.flatnonzero(proteins == protein)
+        fields, field_of_row, sizes = np.unique(fovs[rows], return_inverse=True, return_counts=True)
+        if len(fields) == 1:
+            if not allow_single_field:
+                raise SplitError(f"crop table: fov: protein {protein!r} has all its {len(rows)} crops in one field "
+                                 f"of view ({fields[0]!r}), so it cannot be split by field; pass "
+                                 f"allow_single_field=True to put it in train only")
+            single.append(protein)
+        # Seed per protein (stable crc32 of its name): adding a protein never reshuffles the others.
+        rng = np.random.default_rng([int(seed), zlib.crc32(protein.encode())])
+        order = rng.permutation(len(fields))
+        split_of_field = np.empty(len(fields), dtype=np.int64)
+        split_of_field[order] = _assign_fields(sizes[order], fr)
+        split_of_row[rows] = split_of_field[field_of_row]
+    if single:
+        warnings.warn(f"{len(single)} protein(s) with a single field of view go to train only: {single[:5]}",
+                      stacklevel=2)
+    return {name: np.flatnonzero(split_of_row == s).astype(np.int64) for s, name in enumerate(SPLITS)}
