@@ -19,3 +19,55 @@ def yeast_dir() -> Path:
     if not (SHARED_YEAST / "images").is_dir():
         pytest.skip(f"real yeast data not found at {SHARED_YEAST} (only present in the developers' and CI's checkout)")
     return SHARED_YEAST
+
+
+def tiny_config(workdir: Path, data_path: Path):
+    """A complete experiment config with a very small model, for tests on 32x32 two-channel crops."""
+    from cytoself_jax.config import paper_config
+
+    c = paper_config()
+    c.workdir = str(workdir)
+    c.data.path = str(data_path)
+    c.data.num_workers = 0
+    c.data.split_fractions = (0.6, 0.2, 0.2)
+    m = c.model
+    m.encoder_local.update(stem_features=8, stem_stride=2, stages=((1, 3, 1, 8, 1), (2, 3, 2, 8, 1)))
+    m.encoder_global.update(stem_features=8, stem_stride=1, stages=((2, 3, 2, 16, 1), (2, 3, 2, 16, 1)))
+    m.vq_local.update(num_codes=32, code_dim=8, num_splits=1)
+    m.vq_global.update(num_codes=32, code_dim=8, num_splits=2)
+    m.decoder_global_features = (16,)
+    m.decoder_local_features = (16, 8)
+    m.residual_units = 1
+    m.head_hidden = 16
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 16
+    c.train.max_epochs = 2
+    c.train.log_every_steps = 1
+    return c
+
+
+@pytest.fixture(scope="session")
+def tiny_store_path(tmp_path_factory) -> Path:
+    """A 96-crop store: 4 proteins x 3 fields x 8 crops of 32x32 (protein, nucleus, distance), each protein a
+    bright blob at its own position so the identification task has something to learn."""
+    import numpy as np
+    import pandas as pd
+
+    from cytoself_jax.data.store import write_store
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    images, rows = [], []
+    for p in range(4):
+        cy, cx = 8 + 16 * (p // 2), 8 + 16 * (p % 2)
+        for f in range(3):
+            for _ in range(8):
+                blob = np.exp(-((yy - cy - rng.normal(0, 1)) ** 2 + (xx - cx - rng.normal(0, 1)) ** 2) / 20.0)
+                nucleus = ((yy - 16) ** 2 + (xx - 16) ** 2 < 36).astype(np.float32)
+                distance = 6.0 - np.sqrt((yy - 16) ** 2 + (xx - 16) ** 2)
+                protein = blob + 0.1 * rng.random((32, 32))
+                images.append(np.stack([protein, nucleus + 0.05 * rng.random((32, 32)), distance], -1))
+                rows.append({"protein": f"P{p}", "fov": f"P{p}/{f}", "family": "left" if p % 2 == 0 else "right"})
+    path = tmp_path_factory.mktemp("tiny") / "store"
+    write_store(path, np.asarray(images, np.float32), pd.DataFrame(rows), ("protein", "nucleus", "distance"))
+    return path

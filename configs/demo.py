@@ -1,0 +1,19 @@
+"""CPU demo: a small cytoself on the built-in synthetic cells (drawn on first use), minutes on a laptop.
+
+python train.py --config=configs/demo.py && python eval.py --ckpt runs/demo
+"""
+
+from cytoself_jax.config import paper_config, small_model
+
+
+def get_config():
+    c = small_model(paper_config())
+    c.workdir = "runs/demo"
+    c.data.path = "data/demo-synthetic"
+    c.data.synthetic.update(proteins=40, crops_per_protein=120, fields_per_protein=6, size=48, seed=0)
+    c.data.num_workers = 0
+    c.train.batch_size = 32
+    c.train.max_epochs = 8
+    c.train.plateau_patience = 2
+    c.train.early_stop_patience = 4
+    return c

@@ -1,0 +1,108 @@
+"""The experiment configuration: the paper's defaults, the ablations, and checks on user overrides.
+
+Config files in `configs/` call these builders, so every experiment is a small override of one base and
+the ablation study can apply the same switches programmatically.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+ABLATIONS = ("full", "no_fiducial", "no_distance", "no_split", "no_identification")
+
+
+def paper_config() -> ml_collections.ConfigDict:
+    """The full cytoself model and training protocol of Kobayashi et al. 2022 (numbers in REFERENCE.md)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/full"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = "data/opencell"
+    # Which store channels the model sees, protein first. Paper: protein + nuclear distance transform.
+    c.data.channels = ("protein", "distance")
+    c.data.split_fractions = (0.8, 0.1, 0.1)
+    c.data.split_seed = 0
+    c.data.allow_single_field = False
+    c.data.num_workers = 4
+    c.data.prefetch = 4
+    # When set (>0 proteins) and data.path holds no store yet, train.py draws the built-in synthetic data there.
+    c.data.synthetic = ml_collections.ConfigDict(
+        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0)
+    )
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "float32"
+    c.model.encoder_local = ml_collections.ConfigDict(
+        dict(stem_features=32, stem_stride=2, stages=((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 1, 40, 2)))
+    )
+    c.model.encoder_global = ml_collections.ConfigDict(
+        dict(
+            stem_features=40,
+            stem_stride=1,
+            stages=((6, 3, 2, 80, 3), (6, 5, 2, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)),
+        )
+    )
+    c.model.drop_path_rate = 0.2
+    c.model.vq_local = ml_collections.ConfigDict(dict(num_codes=2048, code_dim=64, num_splits=1))
+    c.model.vq_global = ml_collections.ConfigDict(dict(num_codes=2048, code_dim=64, num_splits=9))
+    c.model.vq_commitment = 0.25
+    c.model.vq_ema = False
+    c.model.vq_ema_decay = 0.99
+    c.model.vq_ema_epsilon = 1e-5
+    c.model.decoder_global_features = (288, 144)
+    c.model.decoder_local_features = (320, 160)
+    c.model.residual_units = 2
+    c.model.heads = ("local", "global")
+    c.model.head_hidden = 1000
+    c.model.head_dropout = 0.5
+
+    # Total loss = sum of weighted terms (REFERENCE.md): image reconstruction / var(input), decoder2's
+    # reconstruction of the local quantized map, both VQ losses, both classifier cross-entropies.
+    c.loss = ml_collections.ConfigDict(dict(reconstruction=1.0, local_prediction=1.0, vq=1.0, classification=1.0))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 64
+    c.train.learning_rate = 4e-4
+    c.train.max_epochs = 200
+    c.train.plateau_patience = 4  # lr x plateau_factor after this many epochs without val improvement
+    c.train.plateau_factor = 0.1
+    c.train.early_stop_patience = 12
+    c.train.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
+    c.train.eval_batch_size = 256
+    c.train.log_every_steps = 10
+    c.train.min_codebook_perplexity = 0.0  # warn when a codebook's validation perplexity falls below this
+    return c
+
+
+def apply_ablation(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Switch off one component of the paper's model, as in its Table 1; returns the same config."""
+    if name not in ABLATIONS:
+        raise ValueError(f"ablation: expected one of {ABLATIONS}, got {name!r}")
+    if name == "no_fiducial":
+        c.data.channels = ("protein",)
+    elif name == "no_distance":
+        c.data.channels = tuple("nucleus" if ch == "distance" else ch for ch in c.data.channels)
+    elif name == "no_split":
+        g = c.model.vq_global
+        g.code_dim, g.num_splits = g.code_dim * g.num_splits, 1
+    elif name == "no_identification":
+        c.model.heads = ()
+    return c
+
+
+def small_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink the model so that it trains on a laptop CPU in minutes (same architecture, fewer channels)."""
+    m = c.model
+    m.encoder_local.stem_features = 16
+    m.encoder_local.stages = ((1, 3, 1, 8, 1), (4, 3, 2, 16, 1), (4, 5, 1, 24, 1))
+    m.encoder_global.stem_features = 24
+    m.encoder_global.stages = ((4, 3, 2, 32, 1), (4, 5, 2, 48, 1), (4, 5, 2, 64, 1), (4, 3, 1, 96, 1))
+    m.vq_local.update(num_codes=512, code_dim=32, num_splits=1)
+    m.vq_global.update(num_codes=512, code_dim=32, num_splits=4)
+    m.decoder_global_features = (64, 48)
+    m.decoder_local_features = (48, 32)
+    m.residual_units = 1
+    m.head_hidden = 256
+    m.drop_path_rate = 0.1
+    return c

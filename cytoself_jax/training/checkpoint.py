@@ -1,0 +1,112 @@
+"""Run directories and orbax checkpoints: the latest (for --resume) and the best-validation one (for eval).
+
+A run directory holds config.json (the experiment), dataset.json (protein names in class order, channels, image
+shape, split sizes), metrics.jsonl, curves.png and checkpoints/{latest,best}/<step>/. Orbax writes each
+checkpoint into a temporary folder and renames it when complete, so a run killed mid-write never leaves a
+checkpoint that a later restore could pick up half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from cytoself_jax.training.state import TrainState
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Where the epoch loop stands: everything besides the train state that exact resumption needs."""
+
+    epoch: int = 0  # completed epochs
+    learning_rate: float = 0.0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    epochs_since_best: int = 0  # early-stop counter
+    plateau_epochs: int = 0  # epochs since the last improvement or learning-rate drop
+    stop_reason: str = ""
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LoopState":
+        d = dict(d)
+        d["best_val_loss"] = math.inf if d.get("best_val_loss") is None else d["best_val_loss"]
+        return cls(**d)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Two orbax managers under run_dir/checkpoints: 'latest' (every epoch) and 'best' (on val improvement)."""
+
+    def __init__(self, run_dir: Path):
+        root = Path(run_dir).absolute() / "checkpoints"
+        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self._managers = {
+            name: ocp.CheckpointManager(root / name, options=opts, item_names=("state", "loop"))
+            for name in ("latest", "best")
+        }
+
+    def save(self, which: str, state: TrainState, loop: LoopState) -> None:
+        """Save under 'latest' or 'best' at the state's step (asynchronous; wait() before exiting)."""
+        self._managers[which].save(
+            int(state.step),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop.to_json())),
+        )
+
+    def has(self, which: str) -> bool:
+        return self._managers[which].latest_step() is not None
+
+    def restore(self, which: str, target: TrainState) -> tuple[TrainState, LoopState]:
+        """Restore into the structure, dtypes and shardings of target (a state or its jax.eval_shape)."""
+        mgr = self._managers[which]
+        step = mgr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{mgr.directory}: no complete '{which}' checkpoint found")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        out = mgr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
+        )
+        return out.state, LoopState.from_json(out.loop)
+
+    def wait(self) -> None:
+        for mgr in self._managers.values():
+            mgr.wait_until_finished()
+
+    def close(self) -> None:
+        for mgr in self._managers.values():
+            mgr.close()
+
+
+def save_run_config(run_dir: Path, config: ml_collections.ConfigDict, dataset_info: dict) -> None:
+    """Record the experiment so eval needs nothing but the run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", json.loads(config.to_json()))
+    write_json_atomic(run_dir / "dataset.json", dataset_info)
+
+
+def load_run_config(run_dir: Path) -> tuple[ml_collections.ConfigDict, dict]:
+    """(config, dataset_info) of a run directory, with a clear error when it is not one."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "dataset.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: missing: not a cytoself-jax run directory (made by train.py)")
+    config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    return config, json.loads((run_dir / "dataset.json").read_text())

@@ -1,0 +1,55 @@
+"""Metrics as JSON lines (one record per logged step and per epoch) and the progress bar of an epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class MetricsLog:
+    """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_after_epoch(self, epoch: int) -> None:
+        """Drop records from epochs after `epoch` completed ones (work redone after a resume is logged again)."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+class EpochProgress:
+    """A tqdm bar over the images of one epoch: images/s, ETA and the latest loss."""
+
+    def __init__(self, epoch: int, max_epochs: int, images: int, disable: bool = False):
+        self.bar = tqdm(total=images, unit="img", unit_scale=True, desc=f"epoch {epoch + 1}/{max_epochs}",
+                        disable=disable, dynamic_ncols=True)
+        self.start = time.perf_counter()
+
+    def update(self, images: int, loss: float | None = None) -> None:
+        self.bar.update(images)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> float:
+        """Close the bar; returns images/s over the epoch."""
+        self.bar.close()
+        elapsed = time.perf_counter() - self.start
+        return self.bar.n / elapsed if elapsed > 0 else 0.0

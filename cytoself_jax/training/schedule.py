@@ -1,0 +1,34 @@
+"""The paper's validation-driven schedule: lr x factor after `plateau_patience` epochs without improvement,
+stop after `early_stop_patience`. Unlike the PyTorch reference, the plateau counter restarts after each drop
+(so the lr falls at most once per `plateau_patience` epochs) and the best epoch is tracked for the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from cytoself_jax.training.checkpoint import LoopState
+
+
+def after_validation(
+    loop: LoopState, val_loss: float, train_cfg: ml_collections.ConfigDict
+) -> tuple[LoopState, bool]:
+    """The loop state after epoch `loop.epoch` ended with val_loss; also whether this epoch is the new best.
+
+    Sets stop_reason when training should end (early stop or the epoch budget)."""
+    epoch = loop.epoch + 1
+    improved = val_loss < loop.best_val_loss
+    if improved:
+        loop = dataclasses.replace(loop, best_val_loss=val_loss, best_epoch=epoch, epochs_since_best=0, plateau_epochs=0)
+    else:
+        loop = dataclasses.replace(loop, epochs_since_best=loop.epochs_since_best + 1, plateau_epochs=loop.plateau_epochs + 1)
+        if loop.plateau_epochs >= train_cfg.plateau_patience:
+            loop = dataclasses.replace(loop, learning_rate=loop.learning_rate * train_cfg.plateau_factor, plateau_epochs=0)
+    stop = ""
+    if loop.epochs_since_best >= train_cfg.early_stop_patience:
+        stop = f"early stop: no validation improvement for {loop.epochs_since_best} epochs"
+    elif epoch >= train_cfg.max_epochs:
+        stop = f"reached train.max_epochs={train_cfg.max_epochs}"
+    return dataclasses.replace(loop, epoch=epoch, stop_reason=stop), improved

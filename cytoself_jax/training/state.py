@@ -1,0 +1,53 @@
+"""The train state pytree and the optimizer: everything a step reads and writes, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step: int32 scalar; params: model parameters (float32); model_state: the other variable collections
+    (batch_stats, and codebook_ema when EMA codebook updates are on); opt_state: Adam moments + learning rate."""
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+
+
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    """Adam whose learning rate sits in the optimizer state, so the plateau schedule can change it between
+    epochs without recompiling the step and it is checkpointed with everything else."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+def create_train_state(model, image_shape: tuple[int, int, int], learning_rate: float, key: jax.Array) -> TrainState:
+    """Initialise a model for images of image_shape (H, W, C) with a batch of 2, and its Adam state."""
+    variables = model.init({"params": key, "dropout": key}, jnp.zeros((2, *image_shape), jnp.float32), train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=variables,
+        opt_state=make_optimizer(learning_rate).init(params),
+    )
+
+
+def learning_rate(state: TrainState) -> float:
+    """The current learning rate (host float)."""
+    return float(state.opt_state.hyperparams["learning_rate"])
+
+
+def with_learning_rate(state: TrainState, lr: float) -> TrainState:
+    """The same state with a new learning rate."""
+    hyper = dict(state.opt_state.hyperparams)
+    old = hyper["learning_rate"]
+    hyper["learning_rate"] = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))

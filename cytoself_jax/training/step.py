@@ -1,0 +1,83 @@
+"""The jitted train and eval steps, data-parallel over a mesh (batch split along 'data', state replicated)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from cytoself_jax.training.losses import loss_terms, total_loss
+from cytoself_jax.training.mesh import batch_sharding, replicated
+from cytoself_jax.training.state import TrainState, make_optimizer
+
+Metrics = dict[str, jax.Array]
+
+
+def make_train_step(
+    model, loss_weights: ml_collections.ConfigDict, mesh: Mesh
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
+    """(state, batch, key) -> (state, metrics). The state is donated; metrics are float32 scalars, among them
+    'finite' (1.0 when loss and gradients are finite), which the loop checks without stalling the device."""
+    tx = make_optimizer(0.0)  # the learning rate itself comes from opt_state
+
+    def step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, Metrics]:
+        key = jax.random.fold_in(key, state.step)  # keys depend on the step alone, so resume is exact
+
+        def loss_fn(params):
+            out, new_model_state = model.apply(
+                {"params": params, **state.model_state},
+                batch["image"],
+                train=True,
+                rngs={"dropout": key},
+                mutable=list(state.model_state.keys()),
+            )
+            terms = loss_terms(out, batch["image"], batch["label"])
+            aux = (terms, new_model_state, out.vq_local.perplexity, out.vq_global.perplexity)
+            return total_loss(terms, loss_weights), aux
+
+        (loss, (terms, model_state, ppl_local, ppl_global)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        metrics = {
+            "loss": loss,
+            **terms,
+            "perplexity_local": ppl_local,
+            "perplexity_global": ppl_global,
+            "grad_norm": grad_norm,
+            "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32),
+        }
+        new_state = TrainState(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+        return new_state, metrics
+
+    rep = replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(rep, batch_sharding(mesh), rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(model, loss_weights: ml_collections.ConfigDict) -> Callable[[TrainState, dict], Metrics]:
+    """(state, batch) -> metrics of one batch: the loss terms, perplexities and, per classifier head, the number
+    of correct top-1 predictions ('correct_<level>'). Shardings follow the inputs, so a final partial batch that
+    cannot be split over the devices runs replicated instead."""
+
+    def step(state: TrainState, batch: dict) -> Metrics:
+        out = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+        terms = loss_terms(out, batch["image"], batch["label"])
+        metrics = {"loss": total_loss(terms, loss_weights), **terms}
+        metrics["perplexity_local"] = out.vq_local.perplexity
+        metrics["perplexity_global"] = out.vq_global.perplexity
+        for level, logits in out.logits.items():
+            metrics[f"correct_{level}"] = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return metrics
+
+    return jax.jit(step)

@@ -1,0 +1,168 @@
+"""The training core: schedule, losses, one-vs-many-device equivalence, loss decrease, exact resume."""
+
+import dataclasses
+import json
+import math
+import types
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax.training.checkpoint import Checkpointer, LoopState
+from cytoself_jax.training.losses import loss_terms, total_loss
+from cytoself_jax.training.loop import NonFiniteLossError, build_model, train
+from cytoself_jax.training.schedule import after_validation
+from cytoself_jax.training.state import create_train_state, learning_rate, with_learning_rate
+from cytoself_jax.training.step import make_train_step
+
+
+def _train_cfg(**kw):
+    c = tiny_config("unused", "unused").train
+    c.update(kw)
+    return c
+
+
+def test_schedule_plateau_drops_lr_then_restarts_counter_and_stops_early():
+    cfg = _train_cfg(plateau_patience=2, plateau_factor=0.1, early_stop_patience=5, max_epochs=100)
+    loop = LoopState(learning_rate=1.0)
+    losses = [5.0, 4.0, 4.5, 4.5, 4.5, 4.5, 4.5]
+    lrs, best = [], []
+    for v in losses:
+        loop, improved = after_validation(loop, v, cfg)
+        lrs.append(loop.learning_rate)
+        best.append(improved)
+    assert best == [True, True, False, False, False, False, False]
+    # drops after 2 bad epochs, then again 2 epochs later (counter restarted), not every epoch
+    np.testing.assert_allclose(lrs, [1, 1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert loop.best_epoch == 2 and loop.best_val_loss == 4.0
+    assert loop.stop_reason.startswith("early stop")  # 5 epochs without improvement
+    assert loop.epoch == 7
+
+
+def test_schedule_stops_at_max_epochs():
+    loop = LoopState(learning_rate=1.0)
+    cfg = _train_cfg(max_epochs=2)
+    loop, _ = after_validation(loop, 1.0, cfg)
+    assert loop.stop_reason == ""
+    loop, _ = after_validation(loop, 0.5, cfg)
+    assert "max_epochs" in loop.stop_reason
+
+
+def test_loss_terms_match_numpy():
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 8, 8, 2)).astype(np.float32)
+    recon = rng.random((4, 8, 8, 2)).astype(np.float32)
+    pred, target = rng.random((4, 2, 2, 3)).astype(np.float32), rng.random((4, 2, 2, 3)).astype(np.float32)
+    logits = rng.normal(size=(4, 5)).astype(np.float32)
+    labels = np.array([0, 3, 4, 1])
+    vq = lambda q, loss: types.SimpleNamespace(quantized=jnp.asarray(q), loss=jnp.float32(loss))
+    out = types.SimpleNamespace(reconstruction=recon, local_prediction=pred, vq_local=vq(target, 0.5),
+                                vq_global=vq(target, 0.25), logits={"global": jnp.asarray(logits)})
+    terms = loss_terms(out, jnp.asarray(images), jnp.asarray(labels))
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = {
+        "reconstruction": np.mean((recon - images) ** 2) / np.var(images),
+        "local_prediction": np.mean((pred - target) ** 2),
+        "vq_local": 0.5,
+        "vq_global": 0.25,
+        "classification_global": -np.mean(logp[np.arange(4), labels]),
+    }
+    chex.assert_trees_all_close({k: np.float32(v) for k, v in expected.items()}, terms, rtol=1e-5)
+    weights = tiny_config("x", "y").loss
+    weights.update(reconstruction=2.0, classification=0.5)
+    want = 2 * expected["reconstruction"] + expected["local_prediction"] + 0.75 + 0.5 * expected["classification_global"]
+    np.testing.assert_allclose(float(total_loss(terms, weights)), want, rtol=1e-5)
+
+
+def _fixed_batch(n=8, size=32, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.random((n, size, size, 2)).astype(np.float32),
+            "label": rng.integers(0, classes, n).astype(np.int32), "index": np.arange(n, dtype=np.int32)}
+
+
+def _run_steps(config, mesh, batch, steps):
+    model = build_model(config, (32, 32, 2), 4)
+    state = mesh_lib.replicate(create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0)), mesh)
+    step = make_train_step(model, config.loss, mesh)
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(1))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_loss_decreases_on_a_tiny_batch(tmp_path):
+    config = tiny_config(tmp_path, tmp_path)
+    _, losses = _run_steps(config, mesh_lib.make_mesh(jax.devices()[:1]), _fixed_batch(), 25)
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_one_device_and_eight_devices_give_the_same_training(tmp_path):
+    assert len(jax.devices()) == 8, "conftest should provide 8 virtual CPU devices"
+    config = tiny_config(tmp_path, tmp_path)
+    batch = _fixed_batch()
+    state1, losses1 = _run_steps(config, mesh_lib.make_mesh(jax.devices()[:1]), batch, 3)
+    state8, losses8 = _run_steps(config, mesh_lib.make_mesh(), batch, 3)
+    np.testing.assert_allclose(losses1, losses8, rtol=1e-4)
+    chex.assert_trees_all_close(jax.device_get(state1.params), jax.device_get(state8.params), atol=1e-5, rtol=1e-4)
+    chex.assert_trees_all_close(jax.device_get(state1.model_state), jax.device_get(state8.model_state), atol=1e-5, rtol=1e-4)
+    # the batch really was split: each of the 8 devices held one crop
+    assert mesh_lib.shard_batch(batch, mesh_lib.make_mesh())["image"].addressable_shards[0].data.shape[0] == 1
+
+
+def test_learning_rate_lives_in_the_state():
+    config = tiny_config("x", "y")
+    model = build_model(config, (32, 32, 2), 4)
+    state = create_train_state(model, (32, 32, 2), 4e-4, jax.random.PRNGKey(0))
+    assert math.isclose(learning_rate(state), 4e-4, rel_tol=1e-6)
+    assert math.isclose(learning_rate(with_learning_rate(state, 4e-5)), 4e-5, rel_tol=1e-6)
+
+
+def _epochs(run_dir):
+    return [r for r in (json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+
+
+def test_resume_continues_exactly(tmp_path, tiny_store_path):
+    straight = tiny_config(tmp_path / "straight", tiny_store_path)
+    full = train(straight, progress=False)
+
+    first = tiny_config(tmp_path / "resumed", tiny_store_path)
+    first.train.max_epochs = 1
+    train(first, progress=False)
+    second = tiny_config(tmp_path / "resumed", tiny_store_path)  # max_epochs 2 again: only the budget changes
+    resumed = train(second, resume=True, progress=False)
+
+    assert int(resumed.state.step) == int(full.state.step) > 0
+    chex.assert_trees_all_close(jax.device_get(full.state.params), jax.device_get(resumed.state.params), atol=1e-6)
+    a, b = _epochs(tmp_path / "straight"), _epochs(tmp_path / "resumed")
+    assert [r["epoch"] for r in b] == [0, 1]
+    np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b], rtol=1e-5)
+    assert resumed.loop.best_epoch == full.loop.best_epoch
+    # the best checkpoint is kept beside the latest
+    ck = Checkpointer(tmp_path / "resumed")
+    assert ck.has("best") and ck.has("latest")
+
+
+def test_resume_refuses_a_different_model(tmp_path, tiny_store_path):
+    config = tiny_config(tmp_path / "run", tiny_store_path)
+    config.train.max_epochs = 1
+    train(config, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, progress=False)
+    config.model.head_hidden = 32
+    with pytest.raises(ValueError, match="model"):
+        train(config, resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_with_the_step_and_terms_named(tmp_path, tiny_store_path):
+    config = tiny_config(tmp_path / "run", tiny_store_path)
+    config.loss.reconstruction = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 1 .*reconstruction="):
+        train(config, progress=False)
+    assert not Checkpointer(tmp_path / "run").has("latest")
