@@ -1,0 +1,170 @@
+"""Importing folders of per-cell crop files into a store."""
+import numpy as np
+import pandas as pd
+import pytest
+import skimage.io
+import tifffile
+
+from cytoself_jax.data.importers import CropImportError, import_crops
+from cytoself_jax.data.store import open_store
+from cytoself_jax.import_crops import main
+
+CHANNELS = {"gfp": "protein", "dapi": "nucleus"}
+RNG = np.random.default_rng(0)
+
+
+def _write(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, image)
+    elif path.suffix == ".png":
+        skimage.io.imsave(path, image, check_contrast=False)
+    else:
+        tifffile.imwrite(path, image)
+
+
+def _folder(root, ext=".tif", dtype=np.uint16, cells=None, size=(12, 10)):
+    """root/<protein>/<fov>_<cell>_<channel><ext>; returns {(protein, fov, cell, channel): image}."""
+    cells = cells or [("P1", "f1", "1"), ("P1", "f1", "2"), ("P1", "f2", "10"), ("P2", "f1", "1")]
+    images = {}
+    for protein, fov, cell in cells:
+        for channel in CHANNELS:
+            image = (RNG.random(size) * 200 + 1).astype(dtype)
+            images[protein, fov, cell, channel] = image
+            _write(root / protein / f"{fov}_{cell}_{channel}{ext}", image)
+    return images
+
+
+@pytest.mark.parametrize("ext, dtype, expected", [(".tif", np.uint16, np.uint16), (".png", np.uint8, np.uint8),
+                                                  (".npy", np.float64, np.float32), (".tif", np.int16, np.float32)])
+def test_import_formats_and_dtypes(tmp_path, ext, dtype, expected):
+    images = _folder(tmp_path / "src", ext, dtype)
+    store = import_crops(tmp_path / "src", tmp_path / "out", CHANNELS, progress=False)
+    assert store.images.dtype == expected
+    assert store.channels == ("protein", "nucleus") and store.image_shape == (12, 10, 2)
+    # Natural order: f2's cell 10 after f1's cells 1 and 2.
+    assert list(store.table["fov"]) == ["P1/f1", "P1/f1", "P1/f2", "P2/f1"]
+    assert list(store.table["source"]) == ["P1/f1_1_gfp" + ext, "P1/f1_2_gfp" + ext, "P1/f2_10_gfp" + ext,
+                                           "P2/f1_1_gfp" + ext]
+    assert (store.table["family"] == "").all()
+    for i, key in enumerate([("P1", "f1", "1"), ("P1", "f1", "2"), ("P1", "f2", "10"), ("P2", "f1", "1")]):
+        np.testing.assert_array_equal(store.images[i, :, :, 0], images[(*key, "gfp")].astype(expected))
+        np.testing.assert_array_equal(store.images[i, :, :, 1], images[(*key, "dapi")].astype(expected))
+
+
+def test_mixed_integer_and_float_inputs_give_float32(tmp_path):
+    _folder(tmp_path / "src", ".tif", np.uint8, cells=[("P1", "f1", "1")])
+    _folder(tmp_path / "src", ".tif", np.float32, cells=[("P2", "f1", "1")])
+    assert import_crops(tmp_path / "src", tmp_path / "out", CHANNELS, progress=False).images.dtype == np.float32
+
+
+def test_protein_from_pattern_and_channel_order_and_ignored_channels(tmp_path):
+    src = tmp_path / "src"
+    gfp, rfp = RNG.random((8, 8)).astype(np.float32), RNG.random((8, 8)).astype(np.float32)
+    _write(src / "ABC_3_7_gfp.npy", gfp)
+    _write(src / "ABC_3_7_rfp.npy", rfp)
+    _write(src / "ABC_3_7_bf.npy", rfp)         # a channel not asked for: ignored
+    (src / "notes.txt").write_text("not a crop")  # not matching the pattern: ignored
+    store = import_crops(src, tmp_path / "out", {"rfp": "fiducial", "gfp": "protein"},
+                         pattern=r"(?P<protein>[^_]+)_(?P<fov>\d+)_(?P<cell>\d+)_(?P<channel>\w+)\.npy", progress=False)
+    assert store.channels == ("fiducial", "protein") and len(store) == 1
+    assert store.table.loc[0, "protein"] == "ABC" and store.table.loc[0, "fov"] == "ABC/3"
+    np.testing.assert_array_equal(store.images[0, :, :, 0], rfp)
+    np.testing.assert_array_equal(store.images[0, :, :, 1], gfp)
+
+
+def test_families(tmp_path):
+    _folder(tmp_path / "src")
+    pd.DataFrame({"gene": ["P1", "P3"], "loc": ["nucleolus", "er"]}).to_csv(tmp_path / "fam.csv", index=False)
+    with pytest.warns(UserWarning, match=r"1 protein\(s\) have no family"):
+        store = import_crops(tmp_path / "src", tmp_path / "out", CHANNELS, families=tmp_path / "fam.csv",
+                             family_protein_column="gene", family_column="loc", progress=False)
+    assert list(store.table["family"]) == ["nucleolus"] * 3 + [""]
+    with pytest.raises(CropImportError, match=r"fam.csv: localization: column missing \(set --families-column\)"):
+        import_crops(tmp_path / "src", tmp_path / "out2", CHANNELS, families=tmp_path / "fam.csv",
+                     family_protein_column="gene", progress=False)
+
+
+def _expect_error(tmp_path, match, **kwargs):
+    with pytest.raises(CropImportError, match=match) as info:
+        import_crops(tmp_path / "src", tmp_path / "out", kwargs.pop("channels", CHANNELS), progress=False, **kwargs)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temporary directory left behind
+
+
+def test_error_missing_channel_file(tmp_path):
+    _folder(tmp_path / "src")
+    (tmp_path / "src" / "P1" / "f2_10_dapi.tif").unlink()
+    _expect_error(tmp_path, r"P1/f2_10_gfp.tif: channel: the cell's 'dapi' file is missing")
+
+
+def test_error_mixed_sizes(tmp_path):
+    _folder(tmp_path / "src")
+    _write(tmp_path / "src" / "P2" / "f1_1_dapi.tif", np.ones((12, 11), np.uint16))
+    _expect_error(tmp_path, r"P2/f1_1_dapi.tif: shape: expected 12x10 like .*P1/f1_1_gfp.tif, found 12x11")
+
+
+def test_error_unreadable_file(tmp_path):
+    _folder(tmp_path / "src")
+    (tmp_path / "src" / "P1" / "f1_2_gfp.tif").write_bytes(b"not a tiff")
+    _expect_error(tmp_path, r"P1/f1_2_gfp.tif: file: unreadable")
+
+
+def test_error_no_files_matched(tmp_path):
+    _folder(tmp_path / "src")
+    _expect_error(tmp_path, r"src: --pattern: no file name matches", pattern=r"(?P<fov>x)(?P<cell>y)(?P<channel>z)")
+    _expect_error(tmp_path, r"--channel: no matched file has a channel in \['GFP'\]; file names give channels "
+                            r"\['dapi', 'gfp'\]", channels={"GFP": "protein"})
+    _expect_error(tmp_path, r"--pattern: expected named groups fov, cell and channel", pattern=r"(?P<fov>.*)")
+
+
+def test_error_nan_pixels_name_the_file(tmp_path):
+    _folder(tmp_path / "src", ".npy", np.float32)
+    bad = RNG.random((12, 10)).astype(np.float32)
+    bad[3, 4] = np.nan
+    _write(tmp_path / "src" / "P1" / "f1_2_dapi.npy", bad)
+    _expect_error(tmp_path, r"P1/f1_2_dapi.npy: pixels: expected finite values, found NaN")
+
+
+def test_error_blank_protein_crop(tmp_path):
+    _folder(tmp_path / "src", ".npy", np.float32)
+    _write(tmp_path / "src" / "P2" / "f1_1_gfp.npy", np.zeros((12, 10), np.float32))
+    _expect_error(tmp_path, r"P2/f1_1_gfp.npy: pixels: expected a protein image, found a constant \(blank\) crop")
+
+
+def test_cli_one_line_error_and_refuses_overwrite(tmp_path, capsys):
+    _folder(tmp_path / "src")
+    args = [str(tmp_path / "src"), str(tmp_path / "out"), "--channel", "gfp=protein", "--channel", "dapi=nucleus",
+            "--quiet"]
+    assert main(args) == 0
+    assert "4 crops of 12x10x2 (uint16)" in capsys.readouterr().out
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "already exists" in err and "\n" not in err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_real_yeast_import(yeast_dir, tmp_path):
+    """The exact one-line command in cytoself_jax/import_crops.py's docstring."""
+    status = main([str(yeast_dir / "images"), str(tmp_path / "yeast"), "--channel", "gfp=protein",
+                   "--channel", "rfp=fiducial",
+                   "--pattern", r"(?P<protein>[^_]+)_(?P<fov>\d+)_rfp_(?P<cell>\d+)_(?P<channel>gfp|rfp)\.tif",
+                   "--families", str(yeast_dir / "localization.csv"), "--quiet"])
+    assert status == 0
+    store = open_store(tmp_path / "yeast")
+    assert len(store) == 1642 and store.image_shape == (64, 64, 2) and store.images.dtype == np.float32
+    assert store.channels == ("protein", "fiducial")
+    assert store.proteins == ("AAC1", "AAC3", "AAH1", "AAP1", "AAR2")
+    assert store.table["protein"].value_counts().to_dict() == {"AAC3": 416, "AAC1": 366, "AAR2": 349, "AAP1": 308,
+                                                               "AAH1": 203}
+    assert store.table["fov"].nunique() == 20
+    families = store.table.groupby("protein")["family"].first().to_dict()
+    assert families == {"AAC1": "mitochondria", "AAC3": "mitochondria", "AAH1": "cytosol", "AAP1": "cytosol",
+                        "AAR2": "cytosol"}
+    # One crop checked against its source files.
+    row = 100
+    source = yeast_dir / "images" / store.table.loc[row, "source"]
+    np.testing.assert_array_equal(store.images[row, :, :, 0], tifffile.imread(source))
+    np.testing.assert_array_equal(store.images[row, :, :, 1],
+                                  tifffile.imread(str(source).replace("_gfp.tif", "_rfp.tif")))
