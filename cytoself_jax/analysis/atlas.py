@@ -1,0 +1,123 @@
+"""The protein localization atlas: UMAP of the (flattened global) embeddings and its scatter pictures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from cytoself_jax.analysis.common import as_labels, as_matrix, fail
+from cytoself_jax.analysis.plots import GREY, categorical_palette, save_figure
+from cytoself_jax.analysis.scores import NON_CLASSES
+
+
+def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                 metric: str = "euclidean") -> np.ndarray:
+    """2-D UMAP of embeddings (N, ...) flattened per row; umap-learn defaults (the paper's). Returns (N, 2)
+    float32. A fixed seed makes it reproducible (umap-learn then runs single-threaded)."""
+    import umap  # slow import (numba); only paid when a UMAP is computed
+
+    x = as_matrix(embeddings, "compute_umap", "embeddings", flatten=True, min_rows=3)
+    if not 2 <= n_neighbors < len(x):
+        raise fail("compute_umap", "n_neighbors", f"expected 2 <= n_neighbors < {len(x)} (points), got {n_neighbors}")
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, random_state=seed,
+                        n_jobs=1)  # a seed forces one thread anyway; saying so avoids umap's warning
+    return reducer.fit_transform(x).astype(np.float32)
+
+
+def _marker_size(n: int) -> float:
+    # About constant ink whatever the number of points: big dots for a few hundred, specks for 100k.
+    return float(np.clip(20000.0 / max(n, 1), 0.8, 12.0))
+
+
+def _check_coords(coords, where: str) -> np.ndarray:
+    xy = as_matrix(coords, where, "coords")
+    if xy.shape[1] != 2:
+        raise fail(where, "coords", f"expected 2-D coordinates (N, 2), got shape {xy.shape}")
+    return xy
+
+
+def _scatter_legend(ax, entries: list[tuple[str, tuple]], title: str) -> None:
+    handles = [Line2D([], [], ls="", marker="o", markersize=6, color=colour, label=label) for label, colour in entries]
+    ax.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize=7, title_fontsize=8, ncol=1 + len(handles) // 24, handletextpad=0.3, borderaxespad=0)
+
+
+def _finish_axes(ax, title: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("UMAP 1", fontsize=8)
+    ax.set_ylabel("UMAP 2", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="datalim")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def plot_atlas(coords, families, path: str | Path, title: str = "Localization atlas (UMAP)",
+               grey: Sequence[str] = NON_CLASSES, alpha: float = 0.5, svg: bool = True) -> list[Path]:
+    """Scatter of UMAP coords (N, 2), one point per crop, coloured by localization family (N,).
+
+    Families in `grey` (others, mixed, unannotated) go underneath in light grey; the largest families are drawn
+    first so small ones stay visible on top. Legend: family (number of crops). Returns the files written.
+    """
+    xy = _check_coords(coords, "plot_atlas")
+    families = as_labels(families, len(xy), "plot_atlas", "families")
+    names, counts = np.unique(families, return_counts=True)
+    palette = categorical_palette(names, grey=[g for g in grey if g in names])
+    grey_names = [n for n in names if n in grey]
+    coloured = sorted((n for n in names if n not in grey), key=lambda n: -counts[names == n][0])
+    size = _marker_size(len(xy))
+    fig = Figure(figsize=(8.5, 6.5), layout="constrained")
+    ax = fig.subplots()
+    for name in grey_names + coloured:
+        sel = families == name
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=palette[name], alpha=alpha if name in coloured else 0.4,
+                   linewidths=0, rasterized=True)
+    legend = [(f"{n} ({counts[names == n][0]})", palette[n]) for n in sorted(coloured)]
+    legend += [(f"{n or 'unannotated'} ({counts[names == n][0]})", GREY) for n in grey_names]
+    _scatter_legend(ax, legend, "family (crops)")
+    _finish_axes(ax, f"{title}\n{len(xy)} crops")
+    return save_figure(fig, path, svg=svg)
+
+
+def plot_family_proteins(coords, families, proteins, family: str, path: str | Path, max_proteins: int = 20,
+                         zoom: bool = True, alpha: float = 0.7, svg: bool = True) -> list[Path]:
+    """The atlas with one family's crops coloured by protein (its `max_proteins` largest, the most distinct
+    colours to the largest; the rest of the family in dark grey) over all other crops in light grey. With zoom,
+    the view is the family's extent (0.5-99.5th percentiles, padded). Returns the files written."""
+    where = "plot_family_proteins"
+    xy = _check_coords(coords, where)
+    families = as_labels(families, len(xy), where, "families")
+    proteins = as_labels(proteins, len(xy), where, "proteins")
+    in_family = families == family
+    if not np.any(in_family):
+        raise fail(where, "family", f"no crop has family {family!r}; families are {sorted(set(families))}")
+    names, counts = np.unique(proteins[in_family], return_counts=True)
+    shown = [str(n) for n in names[np.argsort(-counts, kind="stable")][:max_proteins]]
+    palette = categorical_palette(shown, sort=False)
+    lo, hi = np.percentile(xy[in_family], [0.5, 99.5], axis=0)
+    pad = 0.15 * np.maximum(hi - lo, 1e-6)
+    view = np.all((xy >= lo - pad) & (xy <= hi + pad), axis=1) if zoom else np.ones(len(xy), bool)
+    size = _marker_size(int(view.sum()))
+    fig = Figure(figsize=(8.5, 6.5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(xy[~in_family, 0], xy[~in_family, 1], s=size, color=GREY, alpha=0.3, linewidths=0, rasterized=True)
+    rest = in_family & ~np.isin(proteins, shown)
+    ax.scatter(xy[rest, 0], xy[rest, 1], s=size * 1.5, color="0.45", alpha=alpha, linewidths=0, rasterized=True)
+    for name in shown:
+        sel = in_family & (proteins == name)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size * 1.5, color=palette[name], alpha=alpha, linewidths=0,
+                   rasterized=True)
+    legend = [(f"{n} ({np.sum(in_family & (proteins == n))})", palette[n]) for n in shown]
+    if np.any(rest):
+        legend.append((f"{len(names) - len(shown)} more proteins ({np.sum(rest)})", (0.45, 0.45, 0.45, 1.0)))
+    legend.append((f"other families ({np.sum(~in_family)})", GREY))
+    _scatter_legend(ax, legend, f"{family}: protein (crops)")
+    _finish_axes(ax, f"{family}: {len(names)} proteins, {np.sum(in_family)} crops" + (" (zoomed)" if zoom else ""))
+    if zoom:
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    return save_figure(fig, path, svg=svg)

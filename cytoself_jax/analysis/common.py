@@ -1,0 +1,63 @@
+"""Input checks and small table helpers shared by the analysis modules (numpy and pandas only)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+
+
+class AnalysisInputError(ValueError):
+    """Bad input to an analysis function; the message is one line: '<function>: <argument>: <what was expected>'."""
+
+
+def fail(where: str, field: str, what: str) -> AnalysisInputError:
+    return AnalysisInputError(f"{where}: {field}: {what}")
+
+
+def as_matrix(values, where: str, field: str, flatten: bool = False, min_rows: int = 1) -> np.ndarray:
+    """float64 (N, d) with finite entries; with flatten=True any (N, ...) array is flattened to (N, prod(...))."""
+    array = np.asarray(values)
+    if flatten and array.ndim > 2:
+        array = array.reshape(len(array), -1)
+    if array.ndim != 2:
+        raise fail(where, field, f"expected a 2-D array (N, d), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise fail(where, field, f"expected numbers, got dtype {array.dtype}")
+    if len(array) < min_rows or array.shape[1] == 0:
+        raise fail(where, field, f"expected at least {min_rows} rows and 1 column, got shape {array.shape}")
+    array = array.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(array)):
+        bad = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
+        raise fail(where, field, f"expected finite values, found NaN/inf in {len(bad)} rows (first: row {bad[0]})")
+    return array
+
+
+def as_labels(labels, num_rows: int, where: str, field: str) -> np.ndarray:
+    """Labels as a 1-D array of str of length num_rows; missing values (None, NaN) become ''."""
+    if np.ndim(labels) != 1:
+        raise fail(where, field, f"expected a 1-D sequence of labels, got shape {np.shape(labels)}")
+    series = pd.Series(np.asarray(labels, dtype=object))
+    if len(series) != num_rows:
+        raise fail(where, field, f"expected {num_rows} labels (one per row), got {len(series)}")
+    return series.where(series.notna(), "").astype(str).to_numpy()
+
+
+def group_means(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean row of each group. values (N, d), groups (N,) -> (sorted unique group names (G,), means (G, d) float64).
+
+    A sparse one-hot (G, N) product keeps memory at the size of the result, so (110k, 2048) histograms are fine.
+    """
+    names, inverse = np.unique(groups, return_inverse=True)
+    onehot = scipy.sparse.csr_matrix(
+        (np.ones(len(groups)), (inverse, np.arange(len(groups)))), shape=(len(names), len(groups))
+    )
+    sums = np.asarray(onehot @ values, dtype=np.float64)
+    return names, sums / np.bincount(inverse, minlength=len(names))[:, None]
+
+
+def check_choice(value: str, choices: Sequence[str], where: str, field: str) -> str:
+    if value not in choices:
+        raise fail(where, field, f"expected one of {list(choices)}, got {value!r}")
+    return value

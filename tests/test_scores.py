@@ -1,0 +1,195 @@
+"""Scores: clustering score, UMAP scores, classifier/kNN top-k, retrieval AP, each against a slow plain loop."""
+import math
+import statistics
+
+import chex
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from cytoself_jax.analysis import scores
+from cytoself_jax.analysis.atlas import compute_umap
+from cytoself_jax.analysis.common import AnalysisInputError
+
+
+def blobs(rng, n_classes=5, per_class=40, dim=3, separation=10.0, spread=1.0):
+    centres = rng.normal(scale=separation, size=(n_classes, dim))
+    points = np.concatenate([c + rng.normal(scale=spread, size=(per_class, dim)) for c in centres])
+    labels = np.repeat([f"class{j}" for j in range(n_classes)], per_class)
+    return points, labels
+
+
+def slow_clustering_score(points, labels, exclude):
+    """The documented formula, written with Python lists and the statistics module."""
+    def centre(rows):
+        return [statistics.median(r[d] for r in rows) for d in range(len(rows[0]))]
+
+    def radius(rows):
+        c = centre(rows)
+        return statistics.median(math.sqrt(sum((r[d] - c[d]) ** 2 for d in range(len(c)))) for r in rows)
+
+    classes = {}
+    for p, lab in zip(points.tolist(), labels):
+        if lab not in exclude:
+            classes.setdefault(lab, []).append(p)
+    centres = [centre(rows) for rows in classes.values()]
+    return radius(centres) / statistics.median(radius(rows) for rows in classes.values())
+
+
+def test_clustering_score_matches_slow_loop_and_skips_excluded():
+    rng = np.random.default_rng(0)
+    points, labels = blobs(rng, n_classes=6, per_class=31, dim=3)
+    labels = labels.astype(object)
+    labels[::7] = "others"
+    labels[3::11] = None  # unannotated -> '' -> excluded
+    labels[5::13] = "mixed"
+    got = scores.clustering_score(points, labels)
+    want = slow_clustering_score(points, ["" if l is None else l for l in labels], {"others", "mixed", ""})
+    assert got == pytest.approx(want, rel=1e-12)
+    # The excluded points must not matter: moving them far away changes nothing.
+    moved = points.copy()
+    moved[np.isin(labels, ["others", "mixed"])] += 1e3
+    assert scores.clustering_score(moved, labels) == pytest.approx(got, rel=1e-12)
+    # ...unless nothing is excluded.
+    assert scores.clustering_score(moved, labels, exclude=()) != pytest.approx(got, rel=1e-3)
+
+
+def test_clustering_score_invariances():
+    rng = np.random.default_rng(1)
+    points, labels = blobs(rng, n_classes=4, per_class=25, dim=2)
+    base = scores.clustering_score(points, labels)
+    assert scores.clustering_score(points + np.array([123.0, -45.0]), labels) == pytest.approx(base, rel=1e-9)
+    assert scores.clustering_score(points * 3.7, labels) == pytest.approx(base, rel=1e-9)
+    perm = rng.permutation(len(points))
+    assert scores.clustering_score(points[perm], labels[perm]) == pytest.approx(base, rel=1e-12)
+
+
+def test_clustering_score_separated_beats_overlapping():
+    rng = np.random.default_rng(2)
+    separated, labels = blobs(rng, separation=20.0, spread=1.0)
+    overlapping, _ = blobs(rng, separation=0.0, spread=1.0)
+    high, low = scores.clustering_score(separated, labels), scores.clustering_score(overlapping, labels)
+    assert high > 5.0
+    assert low < 0.5
+    # Same points, shuffled labels: the structure is gone.
+    assert scores.clustering_score(separated, rng.permutation(labels)) < 0.5
+
+
+def test_clustering_score_errors():
+    rng = np.random.default_rng(3)
+    points, labels = blobs(rng, n_classes=2, per_class=5)
+    with pytest.raises(AnalysisInputError, match=r"clustering_score: labels: expected at least 2 classes"):
+        scores.clustering_score(points, np.where(labels == "class0", "others", labels))
+    with pytest.raises(AnalysisInputError, match=r"clustering_score: labels: expected 10 labels"):
+        scores.clustering_score(points, labels[:-1])
+    with pytest.raises(AnalysisInputError, match=r"clustering_score: points: expected finite"):
+        scores.clustering_score(np.where(points > 0, np.nan, points), labels)
+    with pytest.raises(AnalysisInputError, match=r"median class radius is 0"):
+        scores.clustering_score(np.repeat(points[:2], 5, axis=0), labels)
+
+
+def test_umap_clustering_scores_planted_clusters():
+    rng = np.random.default_rng(4)
+    x, labels = blobs(rng, n_classes=4, per_class=60, dim=16, separation=6.0)
+    labels = labels.astype(object)
+    labels[::10] = "others"
+    values, coords = scores.umap_clustering_scores(x, labels, seeds=(0, 1))
+    chex.assert_shape(values, (2,))
+    assert len(coords) == 2
+    chex.assert_shape(coords[0], (240, 2))
+    assert np.all(values > 3.0), values  # well-separated blobs stay separate in UMAP
+    for v, xy in zip(values, coords):
+        assert v == pytest.approx(scores.clustering_score(xy, labels))
+    # Same seed, same map (reproducible); the scores sit on the coordinates, not on the labels alone.
+    np.testing.assert_allclose(compute_umap(x, seed=0), coords[0], rtol=0, atol=1e-5)
+    assert scores.clustering_score(coords[0], rng.permutation(labels)) < 1.0
+
+
+def slow_topk(score_rows, labels, k):
+    hits = 0
+    for row, y in zip(score_rows, labels):
+        if y < 0:
+            continue
+        better_or_equal = sum(1 for c, s in enumerate(row) if c != y and s >= row[y])
+        hits += better_or_equal < k
+    return hits / len(labels)
+
+
+def test_classifier_topk_matches_loop_and_counts_ties_against():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(64, 12))
+    labels = rng.integers(0, 12, 64)
+    labels[:3] = -1
+    top1, top5 = scores.classifier_topk(logits, labels)
+    assert top1 == pytest.approx(slow_topk(logits, labels, 1))
+    assert top5 == pytest.approx(slow_topk(logits, labels, 5))
+    assert top1 == pytest.approx(np.mean(np.argmax(logits[3:], 1) == labels[3:]) * 61 / 64)
+    # All scores equal: no class is ahead of another, and a tie never counts as a hit.
+    assert scores.classifier_topk(np.zeros((5, 10)), np.arange(5), k=(1, 5, 10)) == (0.0, 0.0, 1.0)
+    with pytest.raises(AnalysisInputError, match=r"classifier_topk: labels: expected values in \[0, 12\)"):
+        scores.classifier_topk(logits, labels + 12)
+
+
+def test_knn_accuracy_matches_brute_force():
+    rng = np.random.default_rng(6)
+    train, train_labels = blobs(rng, n_classes=8, per_class=20, dim=5, separation=2.0, spread=1.0)
+    test = train[::2] + rng.normal(scale=1.0, size=train[::2].shape)
+    test_labels = train_labels[::2].copy()
+    test_labels[:4] = "unseen"  # not in the train labels: always a miss
+    k = 7
+    classes = sorted(set(train_labels))
+    hits1 = hits5 = 0
+    for x, y in zip(test, test_labels):
+        nearest = np.argsort(np.linalg.norm(train - x, axis=1))[:k]
+        votes = {c: 0 for c in classes}
+        for i in nearest:
+            votes[train_labels[i]] += 1
+        if y in votes:
+            ahead = sum(1 for c in classes if c != y and votes[c] >= votes[y])
+            hits1 += ahead < 1
+            hits5 += ahead < 5
+    top1, top5 = scores.knn_accuracy(train, train_labels, test, test_labels, k=k, batch_size=13)
+    assert top1 == pytest.approx(hits1 / len(test))
+    assert top5 == pytest.approx(hits5 / len(test))
+    assert 0.2 < top1 < top5 < 1.0  # the planted data is neither trivial nor hopeless
+    with pytest.raises(AnalysisInputError, match=r"knn_accuracy: test_emb: expected 5 features"):
+        scores.knn_accuracy(train, train_labels, test[:, :3], test_labels)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_average_precision_matches_sklearn_per_query(metric):
+    rng = np.random.default_rng(7)
+    x, labels = blobs(rng, n_classes=5, per_class=12, dim=6, separation=1.0, spread=1.0)
+    labels = labels.astype(object)
+    labels[-1] = "singleton"  # no positive -> NaN
+    ap = scores.average_precision(x, labels, metric=metric, block_rows=17)
+    if metric == "cosine":
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        sims = unit @ unit.T
+    else:
+        sims = -np.linalg.norm(x[:, None] - x[None], axis=-1)
+    for i in range(len(x)):
+        others = np.arange(len(x)) != i
+        positive = labels[others] == labels[i]
+        if positive.any():
+            assert ap[i] == pytest.approx(average_precision_score(positive, sims[i, others]), abs=1e-12)
+        else:
+            assert np.isnan(ap[i])
+    per_label = [np.mean(ap[labels == lab]) for lab in np.unique(labels) if lab != "singleton"]
+    assert scores.mean_average_precision(x, labels, metric) == pytest.approx(np.mean(per_label))
+
+
+def test_average_precision_hand_example_and_ties():
+    # Query 0 ranks: row 1 (positive, sim .9), row 2 (negative, .5), row 3 (positive, .1): AP = (1/1 + 2/3) / 2.
+    x = np.array([[1.0, 0.0], [0.9, np.sqrt(1 - 0.81)], [0.5, np.sqrt(0.75)], [0.1, np.sqrt(0.99)]])
+    ap = scores.average_precision(x, ["a", "a", "b", "a"])
+    assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
+    # Collapsed embeddings (all rows equal) score the fraction of positives, as sklearn does, not 1.
+    labels = np.array(list("aabbbccccd"))
+    ap = scores.average_precision(np.ones((10, 3)), labels)
+    for i in range(9):
+        assert ap[i] == pytest.approx((np.sum(labels == labels[i]) - 1) / 9)
+    with pytest.raises(AnalysisInputError, match=r"average_precision: embeddings: cosine needs non-zero rows"):
+        scores.average_precision(np.zeros((3, 2)), ["a", "a", "b"])
+    with pytest.raises(AnalysisInputError, match=r"average_precision: metric: expected one of"):
+        scores.average_precision(x, list("aaba"), metric="manhattan")
