@@ -1,0 +1,64 @@
+"""Building blocks shared by the encoders and decoders, and the model package's error type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch BatchNorm2d defaults (eps 1e-5, momentum 0.1); Flax's momentum is the weight of the old statistics.
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+# torchvision EfficientNet initialises convolutions with kaiming_normal(mode="fan_out").
+he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ModelConfigError(ValueError):
+    """A model configuration field or a model input does not have the expected value or shape."""
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias, padding 'SAME') -> BatchNorm -> optional SiLU, NHWC.
+
+    'SAME' padding differs from the PyTorch reference's symmetric k//2 padding on stride-2 convolutions on even
+    inputs (XLA pads the extra pixel at the end instead of both sides); output sizes are the same, ceil(in/stride).
+    affine=False gives BatchNorm without learned scale/offset, as in the reference decoder.
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    groups: int = 1
+    activation: bool = True
+    affine: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            strides=self.strides,
+            padding="SAME",
+            feature_group_count=self.groups,
+            use_bias=False,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        # Flax computes the batch statistics in float32 even for bfloat16 inputs; under jit with the batch
+        # sharded over devices they are statistics of the global batch.
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            use_bias=self.affine,
+            use_scale=self.affine,
+            dtype=self.dtype,
+            name="bn",
+        )(x)
+        return nn.silu(x) if self.activation else x
