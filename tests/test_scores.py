@@ -175,6 +175,8 @@ def test_average_precision_matches_sklearn_per_query(metric):
             assert ap[i] == pytest.approx(average_precision_score(positive, sims[i, others]), abs=1e-12)
         else:
             assert np.isnan(ap[i])
+    # float32 embeddings are used as they are (no float64 copy) and give the same answer to float32 precision.
+    np.testing.assert_allclose(scores.average_precision(x.astype(np.float32), labels, metric), ap, atol=1e-5)
     per_label = [np.mean(ap[labels == lab]) for lab in np.unique(labels) if lab != "singleton"]
     assert scores.mean_average_precision(x, labels, metric) == pytest.approx(np.mean(per_label))
 

@@ -17,11 +17,11 @@ def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: flo
                  metric: str = "euclidean") -> np.ndarray:
     """2-D UMAP of embeddings (N, ...) flattened per row; umap-learn defaults (the paper's). Returns (N, 2)
     float32. A fixed seed makes it reproducible (umap-learn then runs single-threaded)."""
-    import umap  # slow import (numba); only paid when a UMAP is computed
-
     x = as_matrix(embeddings, "compute_umap", "embeddings", flatten=True, min_rows=3)
     if not 2 <= n_neighbors < len(x):
         raise fail("compute_umap", "n_neighbors", f"expected 2 <= n_neighbors < {len(x)} (points), got {n_neighbors}")
+    import umap  # slow import (numba); only paid when a UMAP is computed
+
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, random_state=seed,
                         n_jobs=1)  # a seed forces one thread anyway; saying so avoids umap's warning
     return reducer.fit_transform(x).astype(np.float32)

@@ -17,7 +17,10 @@ def fail(where: str, field: str, what: str) -> AnalysisInputError:
 
 
 def as_matrix(values, where: str, field: str, flatten: bool = False, min_rows: int = 1) -> np.ndarray:
-    """float64 (N, d) with finite entries; with flatten=True any (N, ...) array is flattened to (N, prod(...))."""
+    """(N, d) float array with finite entries; with flatten=True any (N, ...) array is flattened to (N, prod(...)).
+
+    float32 and float64 are kept as they are (a (110k, 9216) float32 embedding must not double in memory);
+    other dtypes become float64."""
     array = np.asarray(values)
     if flatten and array.ndim > 2:
         array = array.reshape(len(array), -1)
@@ -27,7 +30,8 @@ def as_matrix(values, where: str, field: str, flatten: bool = False, min_rows: i
         raise fail(where, field, f"expected numbers, got dtype {array.dtype}")
     if len(array) < min_rows or array.shape[1] == 0:
         raise fail(where, field, f"expected at least {min_rows} rows and 1 column, got shape {array.shape}")
-    array = array.astype(np.float64, copy=False)
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         bad = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
         raise fail(where, field, f"expected finite values, found NaN/inf in {len(bad)} rows (first: row {bad[0]})")
