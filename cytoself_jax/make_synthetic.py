@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="crop store directory to create")
     parser.add_argument("--proteins", type=int, default=40, help="number of proteins (families round-robin)")
     parser.add_argument("--crops-per-protein", type=int, default=120)
-    parser.add_argument("--fields-per-protein", type=int, default=6, help="fields of view each protein's crops come from")
+    parser.add_argument("--fields-per-protein", type=int, default=6,
+                        help="fields of view each protein's crops come from")
     parser.add_argument("--size", type=int, default=64, help="crop side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32")

@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from cytoself_jax.data.store import CropStore, create_store
+from cytoself_jax.prepare.distance import signed_distance
 
 REFERENCE_RADIUS = 20.0  # px: the cell radius for which family feature sizes below are given
 CROP_CELL_RADIUS = 0.34  # mean cell radius in a crop, as a fraction of the crop side
@@ -217,8 +218,9 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np
     return field / (field.std() + 1e-12)
 
 
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(image, sigma, mode="constant", truncate=3.0)
+def _blur(image: np.ndarray, sigma: float, mode: str = "constant") -> np.ndarray:
+    """Gaussian blur; "constant" (zeros outside) for patterns on a cell's window, "reflect" for whole images."""
+    return ndimage.gaussian_filter(image, sigma, mode=mode, truncate=3.0)
 
 
 def _splat(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, weights: np.ndarray | float = 1.0) -> np.ndarray:
@@ -472,12 +474,14 @@ def crop_rng(seed: int, protein: int, crop: int) -> np.random.Generator:
 # ---------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class FieldOfView:
-    """A drawn image: protein and nucleus channels (H, W) float32 in camera counts, nucleus_labels (H, W)
-    int32 (0 background, i+1 the nucleus of cell i), centres (n, 2) float64 nucleus centres (row, col) px."""
+    """A drawn image: protein and nucleus channels (H, W) float32 in camera counts; nucleus_labels and
+    cell_labels (H, W) int32 (0 background, i+1 the nucleus / whole cell of cell i); centres (n, 2) float64
+    nucleus centres (row, col) px."""
 
     protein: np.ndarray
     nucleus: np.ndarray
     nucleus_labels: np.ndarray
+    cell_labels: np.ndarray
     centres: np.ndarray
 
 
@@ -500,6 +504,7 @@ def render(rng: np.random.Generator, shape: tuple[int, int], cells: Sequence[Cel
     prot = np.zeros(shape)
     nuc = np.zeros(shape)
     labels = np.zeros(shape, dtype=np.int32)
+    cell_labels = np.zeros(shape, dtype=np.int32)
     owner_score = np.full(shape, np.inf)
     scale = float(np.mean([c.outline.radius for c in cells])) / REFERENCE_RADIUS
     for i, cell in enumerate(cells):
@@ -525,16 +530,13 @@ def render(rng: np.random.Generator, shape: tuple[int, int], cells: Sequence[Cel
         prot[dst] = np.where(take, pattern, prot[dst])
         nuc[dst] = np.where(take, stain, nuc[dst])
         labels[dst] = np.where(take & in_nucleus, i + 1, labels[dst])
+        cell_labels[dst] = np.where(take, i + 1, cell_labels[dst])
     psf = acquisition.psf_sigma * scale * float(rng.uniform(0.93, 1.07))
-    protein_img = _image(rng, _blur_reflect(prot, psf) * acquisition.gain, acquisition.background, acquisition)
-    nucleus_img = _image(rng, _blur_reflect(nuc, 1.15 * psf) * acquisition.nucleus_gain,
+    protein_img = _image(rng, _blur(prot, psf, "reflect") * acquisition.gain, acquisition.background, acquisition)
+    nucleus_img = _image(rng, _blur(nuc, 1.15 * psf, "reflect") * acquisition.nucleus_gain,
                          acquisition.nucleus_background, acquisition)
     centres = np.array([c.nucleus.centre for c in cells], dtype=np.float64).reshape(-1, 2)
-    return FieldOfView(protein_img, nucleus_img, labels, centres)
-
-
-def _blur_reflect(image: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(image, sigma, truncate=3.0)
+    return FieldOfView(protein_img, nucleus_img, labels, cell_labels, centres)
 
 
 def _image(rng: np.random.Generator, signal: np.ndarray, background: float, acquisition: Acquisition) -> np.ndarray:
@@ -591,12 +593,6 @@ def draw_crop(rng: np.random.Generator, protein: ProteinSpec, size: int = 64,
         distance = 2.0 * radius * rng.uniform(0.95, 1.1)
         cells.append(draw_cell(rng, centre + distance * np.array([np.sin(angle), np.cos(angle)]), radius))
     return render(rng, (size, size), cells, protein, acquisition or draw_acquisition(rng))
-
-
-def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """Signed Euclidean distance transform (px) of a boolean mask: inside > 0 (to the boundary), outside < 0."""
-    mask = np.asarray(mask, dtype=bool)
-    return np.where(mask, ndimage.distance_transform_edt(mask), -ndimage.distance_transform_edt(~mask)).astype(np.float32)
 
 
 CHANNELS: tuple[str, ...] = ("protein", "nucleus", "distance")
@@ -676,10 +672,11 @@ def write_synthetic_store(path: str | os.PathLike, *, proteins: int = 40, crops_
     specs = make_proteins(proteins, seed)
     table = dataset_table(specs, crops_per_protein, fields_per_protein, seed)
     kwargs = dict(crops_per_protein=crops_per_protein, fields_per_protein=fields_per_protein, size=size, seed=seed)
-    bar = tqdm(total=len(table), desc="drawing synthetic crops", unit="crop", disable=not progress)
-    with create_store(path, len(table), (size, size, len(CHANNELS)), CHANNELS, dtype, overwrite=overwrite) as writer:
+    with (create_store(path, len(table), (size, size, len(CHANNELS)), CHANNELS, dtype, overwrite=overwrite) as writer,
+          tqdm(total=len(table), desc="drawing synthetic crops", unit="crop", disable=not progress) as bar):
         if workers == 1:
-            blocks = (draw_protein_crops(specs[i], i, a, b, **kwargs) for i, a, b in _blocks(proteins, crops_per_protein))
+            blocks = (draw_protein_crops(specs[i], i, a, b, **kwargs)
+                      for i, a, b in _blocks(proteins, crops_per_protein))
             _write_blocks(writer.images, _blocks(proteins, crops_per_protein), blocks, crops_per_protein, bar)
         else:
             # spawn, not fork: the parent may hold JAX's threads, which fork does not survive.
@@ -687,7 +684,6 @@ def write_synthetic_store(path: str | os.PathLike, *, proteins: int = 40, crops_
                 results = _bounded_map(lambda i, a, b: pool.submit(draw_protein_crops, specs[i], i, a, b, **kwargs),
                                        _blocks(proteins, crops_per_protein), 2 * workers)
                 _write_blocks(writer.images, _blocks(proteins, crops_per_protein), results, crops_per_protein, bar)
-        bar.close()
         return writer.finalize(table)
 
 
