@@ -1,6 +1,5 @@
-"""Feature spectra: histograms, per-protein means, code correlation and clustering on planted structure, pictures,
+"""Feature spectra: per-protein means, code correlation and clustering on planted structure, pictures,
 and the spectrum-peak helpers of feature interpretation."""
-import chex
 import numpy as np
 import pytest
 import scipy.cluster.hierarchy as sch
@@ -9,22 +8,6 @@ from scipy.spatial.distance import pdist
 
 from cytoself_jax.analysis import interpret, spectrum
 from cytoself_jax.analysis.common import AnalysisInputError
-
-
-def test_code_histograms_match_loop():
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, 7, size=(5, 4, 4, 2))
-    hist = spectrum.code_histograms(idx, 9)
-    chex.assert_shape(hist, (5, 9))
-    assert hist.dtype == np.int32
-    for n in range(5):
-        for k in range(9):
-            assert hist[n, k] == np.sum(idx[n] == k)
-    assert np.all(hist.sum(1) == 32) and np.all(hist[:, 7:] == 0)
-    with pytest.raises(AnalysisInputError, match=r"code_histograms: indices: expected codes in \[0, 6\)"):
-        spectrum.code_histograms(idx, 6)
-    with pytest.raises(AnalysisInputError, match=r"code_histograms: indices: expected integer codes"):
-        spectrum.code_histograms(idx.astype(float), 9)
 
 
 def test_protein_spectra_are_means_per_protein():

@@ -51,11 +51,13 @@ def as_labels(labels, num_rows: int, where: str, field: str) -> np.ndarray:
 def group_means(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean row of each group. values (N, d), groups (N,) -> (sorted unique group names (G,), means (G, d) float64).
 
-    A sparse one-hot (G, N) product keeps memory at the size of the result, so (110k, 2048) histograms are fine.
+    A sparse one-hot (G, N) product, in the dtype of float32 values, keeps memory at the size of the result: no
+    dense (G, N) matrix and no float64 copy of a (110k, 9216) float32 embedding.
     """
     names, inverse = np.unique(groups, return_inverse=True)
+    dtype = values.dtype if values.dtype == np.float32 else np.float64
     onehot = scipy.sparse.csr_matrix(
-        (np.ones(len(groups)), (inverse, np.arange(len(groups)))), shape=(len(names), len(groups))
+        (np.ones(len(groups), dtype), (inverse, np.arange(len(groups)))), shape=(len(names), len(groups))
     )
     sums = np.asarray(onehot @ values, dtype=np.float64)
     return names, sums / np.bincount(inverse, minlength=len(names))[:, None]

@@ -155,7 +155,8 @@ def plot_training_curves(metrics: str | Path | Iterable[Mapping], path: str | Pa
             split: table[f"{split}_{name}"] for split in ("train", "val") if f"{split}_{name}" in table}
         for label, values in series.items():
             ax.plot(epoch, values.to_numpy(dtype=float), marker="o", markersize=2.5, lw=1.2, label=label,
-                    color={"train": "tab:blue", "val": "tab:orange"}.get(label, "tab:green"))
+                    color={"train": "tab:blue", "val": "tab:orange"}.get(label, "tab:green"),
+                    drawstyle="steps-mid" if label == "learning_rate" else "default")
         values = np.concatenate([v.to_numpy(dtype=float) for v in series.values()])
         values = values[np.isfinite(values)]
         if len(values) and values.min() > 0 and (name == "learning_rate" or values.max() / values.min() > 20):
@@ -165,7 +166,7 @@ def plot_training_curves(metrics: str | Path | Iterable[Mapping], path: str | Pa
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7, frameon=False)

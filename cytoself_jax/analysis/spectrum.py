@@ -16,25 +16,10 @@ from cytoself_jax.analysis.common import as_labels, as_matrix, check_choice, fai
 from cytoself_jax.analysis.plots import save_figure
 
 
-def code_histograms(indices, num_codes: int) -> np.ndarray:
-    """Counts of each code per image: code indices (N, ...) int in [0, num_codes) -> (N, num_codes) int32.
-
-    For the local level of the paper model, indices (N, 25, 25, 1) give 625 counts per row."""
-    idx = np.asarray(indices)
-    if idx.ndim < 2 or not np.issubdtype(idx.dtype, np.integer):
-        raise fail("code_histograms", "indices", f"expected integer codes (N, ...), got shape {idx.shape} "
-                   f"dtype {idx.dtype}")
-    idx = idx.reshape(len(idx), -1)
-    if idx.size and (idx.min() < 0 or idx.max() >= num_codes):
-        raise fail("code_histograms", "indices", f"expected codes in [0, {num_codes}), found "
-                   f"[{idx.min()}, {idx.max()}]")
-    flat = (np.arange(len(idx))[:, None] * num_codes + idx).ravel()
-    return np.bincount(flat, minlength=len(idx) * num_codes).reshape(len(idx), num_codes).astype(np.int32)
-
-
 def protein_spectra(histograms, proteins) -> tuple[np.ndarray, np.ndarray]:
     """Mean code histogram per protein: histograms (N, K), proteins (N,) -> (names (P,) sorted, spectra (P, K)
-    float64 in counts per image)."""
+    float64 in counts per image). Per-image histograms of the local code indices come from
+    cytoself_jax.models.quantizer.code_histogram (625 counts per image for the paper model)."""
     hist = as_matrix(histograms, "protein_spectra", "histograms")
     return group_means(hist, as_labels(proteins, len(hist), "protein_spectra", "proteins"))
 
