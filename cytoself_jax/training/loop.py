@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cytoself_jax.analysis.plots import plot_training_curves
 from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import CropStore, open_store
@@ -40,10 +41,10 @@ def ensure_dataset(data_cfg: ml_collections.ConfigDict) -> CropStore:
     path = Path(data_cfg.path)
     syn = data_cfg.synthetic
     if syn.proteins > 0 and not (path / "store.json").exists():
-        from cytoself_jax.data.synthetic import make_synthetic_store
+        from cytoself_jax.data.synthetic import write_synthetic_store
 
         log.info("drawing the synthetic dataset into %s", path)
-        make_synthetic_store(
+        write_synthetic_store(
             path,
             proteins=syn.proteins,
             crops_per_protein=syn.crops_per_protein,
@@ -186,10 +187,13 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
                   **{f"val_{k}": v for k, v in val.items()}, "best_epoch": loop.best_epoch}
         metrics_log.write(record)
         _warn_codebook_usage(val, config.train.min_codebook_perplexity, epoch)
+        plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
         if progress:
             print(_epoch_summary(record), flush=True)
     checkpointer.wait()
     checkpointer.close()
+    if not loop.stop_reason:
+        loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"
     return TrainResult(run_dir=run_dir, loop=loop, val=val, state=state)
 
 

@@ -17,7 +17,8 @@ def after_validation(
 ) -> tuple[LoopState, bool]:
     """The loop state after epoch `loop.epoch` ended with val_loss; also whether this epoch is the new best.
 
-    Sets stop_reason when training should end (early stop or the epoch budget)."""
+    Sets stop_reason on an early stop. The epoch budget is not part of the state: a resumed run may be given
+    a larger train.max_epochs."""
     epoch = loop.epoch + 1
     improved = val_loss < loop.best_val_loss
     if improved:
@@ -29,6 +30,4 @@ def after_validation(
     stop = ""
     if loop.epochs_since_best >= train_cfg.early_stop_patience:
         stop = f"early stop: no validation improvement for {loop.epochs_since_best} epochs"
-    elif epoch >= train_cfg.max_epochs:
-        stop = f"reached train.max_epochs={train_cfg.max_epochs}"
     return dataclasses.replace(loop, epoch=epoch, stop_reason=stop), improved

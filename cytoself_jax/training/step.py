@@ -17,6 +17,27 @@ from cytoself_jax.training.state import TrainState, make_optimizer
 Metrics = dict[str, jax.Array]
 
 
+def loss_and_grads(model, loss_weights: ml_collections.ConfigDict, state: TrainState, batch: dict, key: jax.Array):
+    """The training loss of one batch and its gradient wrt the params.
+
+    Returns ((loss, (terms, new model_state, perplexity_local, perplexity_global)), grads)."""
+    key = jax.random.fold_in(key, state.step)  # keys depend on the step alone, so resume is exact
+
+    def loss_fn(params):
+        out, new_model_state = model.apply(
+            {"params": params, **state.model_state},
+            batch["image"],
+            train=True,
+            rngs={"dropout": key},
+            mutable=list(state.model_state.keys()),
+        )
+        terms = loss_terms(out, batch["image"], batch["label"])
+        aux = (terms, new_model_state, out.vq_local.perplexity, out.vq_global.perplexity)
+        return total_loss(terms, loss_weights), aux
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+
 def make_train_step(
     model, loss_weights: ml_collections.ConfigDict, mesh: Mesh
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
@@ -25,26 +46,12 @@ def make_train_step(
     tx = make_optimizer(0.0)  # the learning rate itself comes from opt_state
 
     def step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, Metrics]:
-        key = jax.random.fold_in(key, state.step)  # keys depend on the step alone, so resume is exact
-
-        def loss_fn(params):
-            out, new_model_state = model.apply(
-                {"params": params, **state.model_state},
-                batch["image"],
-                train=True,
-                rngs={"dropout": key},
-                mutable=list(state.model_state.keys()),
-            )
-            terms = loss_terms(out, batch["image"], batch["label"])
-            aux = (terms, new_model_state, out.vq_local.perplexity, out.vq_global.perplexity)
-            return total_loss(terms, loss_weights), aux
-
-        (loss, (terms, model_state, ppl_local, ppl_global)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
+        (loss, (terms, model_state, ppl_local, ppl_global)), grads = loss_and_grads(
+            model, loss_weights, state, batch, key
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         metrics = {
             "loss": loss,
             **terms,
