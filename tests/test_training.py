@@ -15,9 +15,9 @@ from conftest import tiny_config
 from cytoself_jax.training import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState
 from cytoself_jax.training.losses import loss_terms, total_loss
-from cytoself_jax.training.loop import NonFiniteLossError, build_model, train
+from cytoself_jax.training.loop import NonFiniteLossError, train
 from cytoself_jax.training.schedule import after_validation
-from cytoself_jax.training.state import create_train_state, learning_rate, with_learning_rate
+from cytoself_jax.training.state import build_model, create_train_state, learning_rate, with_learning_rate
 from cytoself_jax.training.step import loss_and_grads, make_train_step
 
 

@@ -110,3 +110,34 @@ def load_run_config(run_dir: Path) -> tuple[ml_collections.ConfigDict, dict]:
             raise FileNotFoundError(f"{run_dir / name}: missing: not a cytoself-jax run directory (made by train.py)")
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
     return config, json.loads((run_dir / "dataset.json").read_text())
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A trained model ready for inference: model.apply(variables, x, train=False)."""
+
+    model: Any
+    variables: dict
+    config: ml_collections.ConfigDict
+    dataset_info: dict
+    step: int
+
+
+def load_trained(run_dir: Path, which: str = "best") -> TrainedModel:
+    """The model of a run directory with its 'best' (default) or 'latest' checkpoint's variables (host arrays)."""
+    from cytoself_jax.training.state import build_model, create_train_state
+
+    config, info = load_run_config(run_dir)
+    image_shape = tuple(info["image_shape"])
+    model = build_model(config, image_shape, len(info["proteins"]))
+    target = jax.eval_shape(
+        lambda: create_train_state(model, image_shape, config.train.learning_rate, jax.random.PRNGKey(0))
+    )
+    checkpointer = Checkpointer(run_dir)
+    try:
+        if not checkpointer.has(which):
+            raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints' / which}: no complete checkpoint (train first)")
+        state, _ = checkpointer.restore(which, target)
+    finally:
+        checkpointer.close()
+    return TrainedModel(model, {"params": state.params, **state.model_state}, config, info, int(state.step))

@@ -17,12 +17,11 @@ from cytoself_jax.analysis.plots import plot_training_curves
 from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import CropStore, open_store
-from cytoself_jax.models import CytoselfModel, ModelSpec
 from cytoself_jax.training import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState, load_run_config, save_run_config
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.training.schedule import after_validation
-from cytoself_jax.training.state import TrainState, create_train_state, with_learning_rate
+from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
 from cytoself_jax.training.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,6 @@ def _check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Co
                 f"(saved {a['v']!r}, now {b['v']!r}); use another --config.workdir for a new run"
             )
 
-
-def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int) -> CytoselfModel:
-    """The model of a config for images (H, W, C) and num_classes proteins."""
-    return CytoselfModel(ModelSpec.from_config(config.model, image_shape, num_classes))
 
 
 def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
