@@ -6,6 +6,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -15,7 +16,9 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in config.workdir
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # orbax and grain log every checkpoint step at INFO through absl; keep the console for our own progress
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.training.loop import NonFiniteLossError, train
     from cytoself_jax.data.store import StoreError
 
