@@ -260,7 +260,10 @@ def prepare(specs: Sequence[FieldSpec], out: str | os.PathLike, settings: Prepar
             families: dict[str, str] | None = None, problems: Sequence[tuple[str, str]] = (), workers: int = 1,
             montage_crops: int = 16, seed: int = 0, keep_work: bool = True, progress: bool = True) -> PrepareResult:
     """Prepare ``specs`` into ``out`` (store/, work/, qc/). ``problems`` are (path, message) of inputs already
-    rejected while listing fields; they go into the QC report. Raises PrepareError when no field yields a crop."""
+    rejected while listing fields; they go into the QC report. Raises PrepareError when no field yields a crop.
+
+    With ``workers > 1`` fields run in 'spawn' worker processes, so a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard."""
     from cytoself_jax.prepare import qc
 
     out = Path(out)
