@@ -3,12 +3,13 @@
 python train.py --config=configs/demo.py && python eval.py --ckpt runs/demo
 """
 
-from cytoself_jax.config import paper_config, small_model
+from cytoself_jax.config import apply_ablation, paper_config, small_model
 
 
-def get_config():
-    c = small_model(paper_config())
-    c.workdir = "runs/demo"
+def get_config(variant: str = "full"):
+    """variant: one of cytoself_jax.config.ABLATIONS, given as --config=configs/demo.py:no_split."""
+    c = apply_ablation(small_model(paper_config()), variant)
+    c.workdir = "runs/demo" if variant == "full" else f"runs/demo_{variant}"
     c.data.path = "data/demo-synthetic"
     c.data.synthetic.update(proteins=40, crops_per_protein=120, fields_per_protein=6, size=48, seed=0)
     c.data.num_workers = 0

@@ -3,8 +3,12 @@
 python train.py --config=configs/full.py --config.data.path=/path/to/store
 """
 
-from cytoself_jax.config import paper_config
+from cytoself_jax.config import apply_ablation, paper_config
 
 
-def get_config():
-    return paper_config()
+def get_config(variant: str = "full"):
+    """variant: one of cytoself_jax.config.ABLATIONS, given as --config=configs/full.py:no_split."""
+    c = apply_ablation(paper_config(), variant)
+    if variant != "full":
+        c.workdir = f"runs/full_{variant}"
+    return c

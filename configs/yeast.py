@@ -5,14 +5,19 @@ python train.py --config=configs/yeast.py
 The fiducial is a cytosol marker, not a nucleus, so there is no distance-transform channel here.
 """
 
-from cytoself_jax.config import paper_config, small_model
+from cytoself_jax.config import apply_ablation, paper_config, small_model
 
 
-def get_config():
+def get_config(variant: str = "full"):
+    """variant: one of cytoself_jax.config.ABLATIONS, given as --config=configs/yeast.py:no_split."""
+    if variant == "no_distance":
+        raise ValueError("configs/yeast.py: variant: 'no_distance' does not apply: the yeast fiducial is a cytosol "
+                         "marker with no distance-transform channel")
     c = small_model(paper_config())
-    c.workdir = "runs/yeast"
-    c.data.path = "data/yeast"
     c.data.channels = ("protein", "fiducial")
+    c = apply_ablation(c, variant)
+    c.workdir = "runs/yeast" if variant == "full" else f"runs/yeast_{variant}"
+    c.data.path = "data/yeast"
     c.data.num_workers = 0
     c.train.batch_size = 32
     c.train.max_epochs = 30

@@ -1,9 +1,0 @@
-"""Paper ablation (Table 1): the full model with 'no_split'. See cytoself_jax.config.apply_ablation."""
-
-from cytoself_jax.config import apply_ablation, paper_config
-
-
-def get_config():
-    c = apply_ablation(paper_config(), "no_split")
-    c.workdir = "runs/full_no_split"
-    return c
