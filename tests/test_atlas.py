@@ -115,3 +115,16 @@ def test_training_curves_errors(tmp_path):
         plots.training_curves_table(bad)
     with pytest.raises(AnalysisInputError, match=r"training_curves_table: metrics: expected 'step' or 'epoch'"):
         plots.training_curves_table([{"kind": "note", "epoch": 0}])
+
+
+def test_atlas_panels_share_one_palette(tmp_path):
+    from cytoself_jax.analysis.atlas import plot_atlas_panels
+
+    rng = np.random.default_rng(0)
+    fam_a = np.array(["er"] * 30 + ["golgi"] * 30)
+    fam_b = np.array(["golgi"] * 30 + ["nucleus"] * 30)
+    files = plot_atlas_panels([("a", rng.normal(size=(60, 2)), fam_a), ("b", rng.normal(size=(60, 2)), fam_b)],
+                              tmp_path / "panels.png", svg=False)
+    assert [f.name for f in files] == ["panels.png"] and files[0].stat().st_size > 5000
+    with pytest.raises(ValueError, match="panels"):
+        plot_atlas_panels([], tmp_path / "none.png")

@@ -56,6 +56,24 @@ def _finish_axes(ax, title: str) -> None:
         ax.spines[side].set_visible(False)
 
 
+def _draw_families(ax, xy: np.ndarray, families: np.ndarray, palette: dict, grey: Sequence[str], alpha: float,
+                   title: str, legend: bool = True) -> None:
+    """One atlas scatter on ax: grey classes underneath, the largest families first so small ones stay on top."""
+    names, counts = np.unique(families, return_counts=True)
+    grey_names = [n for n in names if n in grey]
+    coloured = sorted((n for n in names if n not in grey), key=lambda n: -counts[names == n][0])
+    size = _marker_size(len(xy))
+    for name in grey_names + coloured:
+        sel = families == name
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=palette[name], alpha=alpha if name in coloured else 0.4,
+                   linewidths=0, rasterized=True)
+    if legend:
+        entries = [(f"{n} ({counts[names == n][0]})", palette[n]) for n in sorted(coloured)]
+        entries += [(f"{n or 'unannotated'} ({counts[names == n][0]})", GREY) for n in grey_names]
+        _scatter_legend(ax, entries, "family (crops)")
+    _finish_axes(ax, title)
+
+
 def plot_atlas(coords, families, path: str | Path, title: str = "Localization atlas (UMAP)",
                grey: Sequence[str] = NON_CLASSES, alpha: float = 0.5, svg: bool = True) -> list[Path]:
     """Scatter of UMAP coords (N, 2), one point per crop, coloured by localization family (N,).
@@ -65,21 +83,30 @@ def plot_atlas(coords, families, path: str | Path, title: str = "Localization at
     """
     xy = _check_coords(coords, "plot_atlas")
     families = as_labels(families, len(xy), "plot_atlas", "families")
-    names, counts = np.unique(families, return_counts=True)
+    names = np.unique(families)
     palette = categorical_palette(names, grey=[g for g in grey if g in names])
-    grey_names = [n for n in names if n in grey]
-    coloured = sorted((n for n in names if n not in grey), key=lambda n: -counts[names == n][0])
-    size = _marker_size(len(xy))
     fig = Figure(figsize=(8.5, 6.5), layout="constrained")
-    ax = fig.subplots()
-    for name in grey_names + coloured:
-        sel = families == name
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=palette[name], alpha=alpha if name in coloured else 0.4,
-                   linewidths=0, rasterized=True)
-    legend = [(f"{n} ({counts[names == n][0]})", palette[n]) for n in sorted(coloured)]
-    legend += [(f"{n or 'unannotated'} ({counts[names == n][0]})", GREY) for n in grey_names]
-    _scatter_legend(ax, legend, "family (crops)")
-    _finish_axes(ax, f"{title}\n{len(xy)} crops")
+    _draw_families(fig.subplots(), xy, families, palette, grey, alpha, f"{title}\n{len(xy)} crops")
+    return save_figure(fig, path, svg=svg)
+
+
+def plot_atlas_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path,
+                      grey: Sequence[str] = NON_CLASSES, alpha: float = 0.5, svg: bool = True) -> list[Path]:
+    """Several atlases side by side with one shared family palette (e.g. the ablation variants).
+
+    panels: (title, coords (N, 2), families (N,)) each. The legend is drawn once, beside the last panel."""
+    if not panels:
+        raise fail("plot_atlas_panels", "panels", "expected at least one (title, coords, families) panel")
+    checked = []
+    for title, coords, families in panels:
+        xy = _check_coords(coords, "plot_atlas_panels")
+        checked.append((title, xy, as_labels(families, len(xy), "plot_atlas_panels", "families")))
+    names = np.unique(np.concatenate([f for _, _, f in checked]))
+    palette = categorical_palette(names, grey=[g for g in grey if g in names])
+    fig = Figure(figsize=(3.6 * len(checked) + 1.8, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(checked), squeeze=False)[0]
+    for i, (ax, (title, xy, families)) in enumerate(zip(axes, checked)):
+        _draw_families(ax, xy, families, palette, grey, alpha, title, legend=i == len(checked) - 1)
     return save_figure(fig, path, svg=svg)
 
 
