@@ -8,7 +8,11 @@ from cytoself_jax.config import apply_ablation, paper_config, small_model
 
 def get_config(variant: str = "full"):
     """variant: one of cytoself_jax.config.ABLATIONS, given as --config=configs/demo.py:no_split."""
-    c = apply_ablation(small_model(paper_config()), variant)
+    c = small_model(paper_config())
+    # narrower codes halve the decoder's work (it runs at the width of the concatenated quantized maps)
+    c.model.vq_local.code_dim = 16
+    c.model.vq_global.code_dim = 16
+    c = apply_ablation(c, variant)  # after the sizes: 'no_split' derives the unsplit code width from them
     c.workdir = "runs/demo" if variant == "full" else f"runs/demo_{variant}"
     c.data.path = "data/demo-synthetic"
     c.data.synthetic.update(proteins=40, crops_per_protein=120, fields_per_protein=6, size=48, seed=0)
