@@ -1,0 +1,148 @@
+"""Streamed, jitted, data-parallel passes of a trained model over crops of a store: the embeddings (encoders and
+quantizers only) or, with full=True, also the classifier logits and per-crop reconstruction errors.
+
+Batches come from the eval pipeline (store order, no augmentation), are split over every local device along the
+'data' axis with the variables replicated, and the results are gathered back to host numpy arrays in the order of
+the rows asked for. A last partial batch is padded to the full batch with zero images, so one compiled program
+serves every batch; the padded outputs are dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from cytoself_jax.data.pipeline import make_dataset
+from cytoself_jax.data.store import CropStore
+from cytoself_jax.models.quantizer import code_histogram
+from cytoself_jax.training import mesh as mesh_lib
+
+
+@dataclasses.dataclass
+class SplitOutputs:
+    """Per-crop results of a pass over store rows `index` (N,), in that order.
+
+    global_vectors: (N, h2, w2, D2) float32, the global quantized representation (the atlas' embedding);
+    global_indices: (N, h2, w2, S2) int32 and local_indices: (N, h1, w1, S1) int32, the code indices;
+    local_histograms: (N, K1) int32, per-crop counts of each local code (sum h1*w1*S1 per row).
+    With full=True only: logits, head level -> (N, num_classes) float32; squared_error: (N, C) float32, the
+    per-channel mean over pixels of (reconstruction - input)^2 on normalized images; reconstructions:
+    (len(reconstruct), H, W, C) float32 of the crops asked for with `reconstruct` (see extract).
+    """
+
+    index: np.ndarray
+    global_vectors: np.ndarray
+    global_indices: np.ndarray
+    local_indices: np.ndarray
+    local_histograms: np.ndarray
+    logits: dict[str, np.ndarray] | None = None
+    squared_error: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _embed_fn(model, full: bool):
+    num_local_codes = model.spec.vq_local.num_codes
+
+    def embed(variables: Any, images: jax.Array) -> dict:
+        if full:
+            out = model.apply(variables, images, train=False)
+            vq_local, vq_global = out.vq_local, out.vq_global
+        else:
+            # embed runs encoders and quantizers only: no decoder or classifier is computed.
+            vq_local, vq_global = model.apply(variables, images, method=model.embed)
+        result = {
+            "global_vectors": vq_global.quantized.astype(jnp.float32),
+            "global_indices": vq_global.indices,
+            "local_indices": vq_local.indices,
+            "local_histograms": code_histogram(vq_local.indices, num_local_codes),
+        }
+        if full:
+            result["logits"] = {level: v.astype(jnp.float32) for level, v in out.logits.items()}
+            result["squared_error"] = jnp.mean((out.reconstruction - images.astype(jnp.float32)) ** 2, axis=(1, 2))
+            result["reconstruction"] = out.reconstruction  # left on the device unless asked for
+        return result
+
+    return embed
+
+
+def extract(
+    model,
+    variables: Any,
+    store: CropStore,
+    rows: np.ndarray,
+    *,
+    channels: Sequence[str],
+    batch_size: int = 256,
+    full: bool = False,
+    reconstruct: Sequence[int] = (),
+    mesh: Mesh | None = None,
+    num_workers: int = 0,
+    prefetch: int = 2,
+    progress: bool = True,
+    desc: str = "embed",
+) -> SplitOutputs:
+    """Run the model over store rows (N,) (any order; each row once) and gather SplitOutputs in that order.
+
+    batch_size is the global batch, rounded up to a multiple of the devices of `mesh` (default: a 1-D mesh of
+    all local devices). full=False runs model.embed only; full=True runs the whole forward pass (decoders and
+    heads) to add logits and reconstruction errors, and the reconstructions of the crops at positions
+    `reconstruct` (into rows; a few examples: the others never leave the devices). Single host: every device
+    must be addressable.
+    """
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    mesh = mesh if mesh is not None else mesh_lib.make_mesh(jax.local_devices())
+    n_dev = mesh.devices.size
+    batch = -(-max(int(batch_size), 1) // n_dev) * n_dev
+    fn = _embed_fn(model, full)
+    image_shape = (*store.image_shape[:2], len(channels))
+    shapes = jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
+    # Host buffers for the whole pass, filled batch by batch.
+    rec_shape = shapes.pop("reconstruction", None)
+    buffers = jax.tree.map(lambda s: np.empty((len(rows), *s.shape[1:]), s.dtype), shapes)
+    keep = np.asarray(reconstruct, dtype=np.int64).reshape(-1)
+    if len(keep) and (not full or keep.min() < 0 or keep.max() >= len(rows)):
+        raise ValueError(f"extract: reconstruct: expected positions in [0, {len(rows)}) with full=True, got {keep}")
+    reconstructions = np.empty((len(keep), *rec_shape.shape[1:]), np.float32) if full else None
+    step = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
+                   out_shardings=mesh_lib.batch_sharding(mesh))
+    placed = mesh_lib.replicate(variables, mesh)
+    batches = make_dataset(store, rows, channels=channels, batch_size=batch, train=False, drop_remainder=False,
+                           num_workers=num_workers, prefetch=prefetch)
+
+    def collect(pending: tuple[int, int, Any]) -> None:
+        start, count, out = pending
+        recon = out.pop("reconstruction", None)
+        wanted = np.flatnonzero((keep >= start) & (keep < start + count))
+        if len(wanted):
+            reconstructions[wanted] = np.asarray(recon)[keep[wanted] - start]
+        for buf, value in zip(jax.tree.leaves(buffers), jax.tree.leaves(jax.device_get(out))):
+            buf[start:start + count] = value[:count]
+
+    offset, pending = 0, None
+    with tqdm(total=len(rows), unit="crop", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        for data in batches:
+            count = len(data["index"])
+            if not np.array_equal(data["index"], rows[offset:offset + count]):
+                raise RuntimeError(f"extract: the pipeline returned rows out of order at position {offset}")
+            images = data["image"]
+            if count < batch:
+                images = np.concatenate([images, np.zeros((batch - count, *images.shape[1:]), images.dtype)])
+            out = step(placed, mesh_lib.shard_batch({"image": images}, mesh)["image"])
+            if pending is not None:
+                collect(pending)  # the previous batch's results, read while this one runs
+            pending = (offset, count, out)
+            offset += count
+            bar.update(count)
+        if pending is not None:
+            collect(pending)
+    if offset != len(rows):
+        raise RuntimeError(f"extract: expected {len(rows)} crops from the pipeline, got {offset}")
+    return SplitOutputs(index=rows, reconstructions=reconstructions, **buffers)
