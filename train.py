@@ -1,8 +1,13 @@
-"""Train cytoself: python train.py --config=configs/full.py [--config.some.field=value] [--resume]."""
+"""Train cytoself: python train.py --config=configs/full.py [--config.some.field=value] [--resume].
+
+Bad input ends the program with one line on stderr, 'error: <file or flag>: <field>: <what was expected>', and
+exit status 2 (command line) or 1 (data, config values, training failures).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -13,24 +18,56 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in config.workdir from its latest checkpoint.")
 
 
+def _usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _unknown_field(argv: list[str], err: Exception) -> str:
+    """A one-line message for an override of a field the config lacks (ml_collections raises a KeyError or
+    AttributeError wrapping "'name'\\nDid you mean ...")."""
+    text = str(err.args[0] if err.args else err)
+    key = re.search(r"'([^'\\]+)", text)
+    name = key.group(1) if key else "?"
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")),
+                "--config.?")
+    return (f"{flag}: no field {name!r} in the config{f' (did you mean {hint.group(1)!r}?)' if hint else ''}; "
+            "see the config file and cytoself_jax/config.py for the fields")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors instead of tracebacks."""
+    try:
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.workdir  # a config file that failed to load raises on first use
+    except flags.Error as e:
+        _usage_error(str(e))
+    except OSError as e:  # config_flags: the config file is missing or unreadable
+        _usage_error(f"--config: cannot load the config file ({str(e).strip().splitlines()[-1].strip()})")
+    except (AttributeError, KeyError) as e:  # config_flags: --config.<field> names no field of the config
+        _usage_error(_unknown_field(argv, e))
+    if len(rest) > 1:
+        _usage_error(f"unexpected arguments {rest[1:]} (config fields are set as --config.<field>=<value>)")
+    return rest
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # orbax and grain log every checkpoint step at INFO through absl; keep the console for our own progress
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.training.loop import NonFiniteLossError, train
-    from cytoself_jax.data.store import StoreError
 
-    config = _CONFIG.value
     try:
-        result = train(config, resume=_RESUME.value)
-    except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLossError, StoreError) as e:
+        result = train(_CONFIG.value, resume=_RESUME.value)
+    except (ValueError, OSError, NonFiniteLossError) as e:  # our input checks raise ValueError subclasses
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the latest checkpoint is complete; continue with --resume")
     print(f"{result.loop.stop_reason}. best epoch {result.loop.best_epoch} "
           f"(val loss {result.loop.best_val_loss:.4f}); run directory: {result.run_dir}")
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

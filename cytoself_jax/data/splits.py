@@ -41,19 +41,20 @@ def _assign_fields(sizes: np.ndarray, fractions: np.ndarray) -> np.ndarray:
 
 
 def split_by_field(table: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                   allow_single_field: bool = False) -> dict[str, np.ndarray]:
+                   allow_single_field: bool = False, where: str = "crop table") -> dict[str, np.ndarray]:
     """Split crops into ``{'train','val','test'}`` -> sorted int64 row positions of ``table``.
 
     Per protein, its fields of view (``fov`` column) are shuffled with a generator seeded by (``seed``, protein
     name), and assigned whole to the splits, aiming at ``fractions`` by crop count, at least one field per split
     (with a positive fraction) when the protein has >= 3 fields. A protein with a single field raises SplitError
     unless ``allow_single_field``, in which case its crops go to train only (with a warning). Deterministic: the
-    result depends on ``seed`` and the table's contents, not on row order of other proteins.
+    result depends on ``seed`` and the table's contents, not on row order of other proteins. ``where`` names the
+    table in error messages (e.g. its file).
     """
     fr = _check_fractions(fractions)
     for column in ("protein", "fov"):
         if column not in table.columns:
-            raise SplitError(f"crop table: {column}: required column missing; found columns {list(table.columns)}")
+            raise SplitError(f"{where}: {column}: required column missing; found columns {list(table.columns)}")
     proteins = table["protein"].astype(str).to_numpy()
     fovs = table["fov"].astype(str).to_numpy()
     split_of_row = np.full(len(table), -1, dtype=np.int64)
@@ -63,9 +64,9 @@ def split_by_field(table: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 
         fields, field_of_row, sizes = np.unique(fovs[rows], return_inverse=True, return_counts=True)
         if len(fields) == 1:
             if not allow_single_field:
-                raise SplitError(f"crop table: fov: protein {protein!r} has all its {len(rows)} crops in one field "
-                                 f"of view ({fields[0]!r}), so it cannot be split by field; pass "
-                                 f"allow_single_field=True to put it in train only")
+                raise SplitError(f"{where}: fov: protein {protein!r} has all its {len(rows)} crops in one field "
+                                 f"of view ({fields[0]!r}), so it cannot be split by field; set allow_single_field "
+                                 f"(train.py: --config.data.allow_single_field=True) to put it in train only")
             single.append(protein)
         # Seed per protein (stable crc32 of its name): adding a protein never reshuffles the others.
         rng = np.random.default_rng([int(seed), zlib.crc32(protein.encode())])

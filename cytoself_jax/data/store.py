@@ -29,6 +29,7 @@ DTYPES = ("uint8", "uint16", "float16", "float32")
 REQUIRED_COLUMNS = ("protein", "fov")
 OPTIONAL_COLUMNS = ("family", "source")
 IMAGES_FILE, TABLE_FILE, META_FILE = "crops.npy", "crops.csv", "store.json"
+PIXEL_CHECK_FILE = "pixels-checked.json"  # optional: written by verify_pixels when crops.npy passed its scan
 
 
 class StoreError(ValueError):
@@ -121,6 +122,9 @@ def open_store(path: str | os.PathLike) -> CropStore:
     path = Path(path)
     if not path.is_dir():
         raise _fail(path, "store", "expected a crop store directory, found " + ("a file" if path.exists() else "nothing"))
+    if not any((path / name).exists() for name in (META_FILE, IMAGES_FILE, TABLE_FILE)):
+        raise _fail(path, "store", f"expected a crop store directory ({META_FILE}, {IMAGES_FILE}, {TABLE_FILE}), "
+                                   "found a folder without them (make one with python -m cytoself_jax.import_crops)")
     for name in (META_FILE, IMAGES_FILE, TABLE_FILE):
         if not (path / name).is_file():
             raise _fail(path / name, "file", "missing")
@@ -269,3 +273,42 @@ def check_pixels(store: CropStore | StoreWriter, *, chunk: int = 4096, progress:
         is_bad |= prot.min(axis=1) == prot.max(axis=1)
         bad.append(start + np.flatnonzero(is_bad))
     return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
+
+
+def _array_stamp(path: Path) -> dict:
+    stat = (path / IMAGES_FILE).stat()
+    return {"file": IMAGES_FILE, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def verify_pixels(store: CropStore, *, progress: bool = True) -> None:
+    """Refuse a store holding NaN/inf pixels or blank (constant protein channel) crops: raises StoreError naming
+    the first bad rows and their source. The chunked scan runs once per version of crops.npy: a pass is recorded
+    in the store directory (pixels-checked.json, keyed by the array file's size and mtime) when it is writable."""
+    record = store.path / PIXEL_CHECK_FILE
+    stamp = _array_stamp(store.path)
+    try:
+        if json.loads(record.read_text()) == stamp:
+            return
+    except (OSError, ValueError):  # no record yet, or unreadable: scan
+        pass
+    bad = check_pixels(store, progress=progress)
+    if bad.size:
+        raise _fail(store.path / IMAGES_FILE, "pixels", "expected finite values and a protein channel that is not "
+                    f"constant, found {bad.size} bad crop(s): {_describe_rows(store, bad[:3])}"
+                    f"{', ...' if bad.size > 3 else ''}; remove them from the store (e.g. re-import without them)")
+    try:
+        record.write_text(json.dumps(stamp))
+    except OSError:  # a read-only store is scanned again next time
+        pass
+
+
+def _describe_rows(store: CropStore, rows: np.ndarray) -> str:
+    """'row 5 (NaN/inf; source a/b.tif)' for each row, the source being the table's source or protein and fov."""
+    parts = []
+    for row in rows:
+        crop = np.asarray(store.images[row])
+        what = "NaN/inf" if not np.isfinite(crop).all() else "constant protein channel"
+        entry = store.table.iloc[row]
+        where = f"source {entry['source']}" if entry["source"] else f"protein {entry['protein']}, fov {entry['fov']}"
+        parts.append(f"row {int(row)} ({what}; {where})")
+    return ", ".join(parts)

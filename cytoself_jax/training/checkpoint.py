@@ -1,7 +1,7 @@
 """Run directories and orbax checkpoints: the latest (for --resume) and the best-validation one (for eval).
 
 A run directory holds config.json (the experiment), dataset.json (protein names in class order, channels, image
-shape, split sizes), metrics.jsonl, curves.png and checkpoints/{latest,best}/<step>/. Orbax writes each
+shape, split sizes), metrics.jsonl, curves.png, train.lock and checkpoints/{latest,best}/<step>/. Orbax writes each
 checkpoint into a temporary folder and renames it when complete, so a run killed mid-write never leaves a
 checkpoint that a later restore could pick up half-written.
 """
@@ -15,8 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cytoself_jax.training.state import TrainState
@@ -54,25 +60,40 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class Checkpointer:
-    """Two orbax managers under run_dir/checkpoints: 'latest' (every epoch) and 'best' (on val improvement)."""
+    """Two orbax managers under run_dir/checkpoints: 'latest' (every epoch) and 'best' (on val improvement).
 
-    def __init__(self, run_dir: Path):
-        root = Path(run_dir).absolute() / "checkpoints"
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    Opening one creates nothing on disk (the folders appear with the first save), so a run that fails its input
+    checks leaves no trace. With clean_tmp, orbax's temporary folders of saves cut short by a crash are removed
+    (only the training process may do that: an eval reading a live run must not delete the save in flight)."""
+
+    def __init__(self, run_dir: Path, clean_tmp: bool = False):
+        self.root = Path(run_dir).absolute() / "checkpoints"
+        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, cleanup_tmp_directories=clean_tmp)
         self._managers = {
-            name: ocp.CheckpointManager(root / name, options=opts, item_names=("state", "loop"))
+            name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
             for name in ("latest", "best")
         }
 
     def save(self, which: str, state: TrainState, loop: LoopState) -> None:
-        """Save under 'latest' or 'best' at the state's step (asynchronous; wait() before exiting)."""
-        self._managers[which].save(
-            int(state.step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop.to_json())),
-        )
+        """Save a replicated (or host) state under 'latest' or 'best' at its step (written asynchronously; wait() before
+        exiting). A step that
+        is already saved is left as it is: a resumed run recomputes exactly the state a killed run saved there."""
+        mgr = self._managers[which]
+        step = int(state.step)
+        if step in mgr.all_steps():
+            return
+        (self.root / which).mkdir(parents=True, exist_ok=True)
+        # Saved from a host copy: orbax would otherwise slice each replicated array per device, compiling a
+        # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
+        host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
+        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host), loop=ocp.args.JsonSave(loop.to_json())))
+
+    def step(self, which: str) -> int | None:
+        """The step of the complete 'latest' or 'best' checkpoint, None when there is none."""
+        return self._managers[which].latest_step()
 
     def has(self, which: str) -> bool:
-        return self._managers[which].latest_step() is not None
+        return self.step(which) is not None
 
     def restore(self, which: str, target: TrainState) -> tuple[TrainState, LoopState]:
         """Restore into the structure, dtypes and shardings of target (a state or its jax.eval_shape)."""
@@ -91,8 +112,42 @@ class Checkpointer:
             mgr.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for saves in flight, then release the managers."""
         for mgr in self._managers.values():
             mgr.close()
+
+
+def latest_step(run_dir: Path) -> int | None:
+    """Step of the complete 'latest' checkpoint of a run directory (None when there is none); creates nothing."""
+    checkpointer = Checkpointer(run_dir)
+    try:
+        return checkpointer.step("latest")
+    finally:
+        checkpointer.close()
+
+
+class RunLock:
+    """Context manager holding an exclusive lock on run_dir/train.lock, so that two training processes never
+    write the same run. The kernel drops the lock when its process dies, however it dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "train.lock"
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+        if fcntl is None:  # no flock on this platform: run unguarded
+            return self
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise FileExistsError(f"{self.path.parent}: another training process is using this run directory") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()  # closing releases the lock
 
 
 def save_run_config(run_dir: Path, config: ml_collections.ConfigDict, dataset_info: dict) -> None:

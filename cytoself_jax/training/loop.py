@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,19 @@ import numpy as np
 from cytoself_jax.analysis.plots import plot_training_curves
 from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
-from cytoself_jax.data.store import CropStore, open_store
+from cytoself_jax.data.store import TABLE_FILE, CropStore, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
-from cytoself_jax.training.checkpoint import Checkpointer, LoopState, load_run_config, save_run_config
+from cytoself_jax.training.checkpoint import (Checkpointer, LoopState, RunLock, latest_step, load_run_config,
+                                              save_run_config)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
 from cytoself_jax.training.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
+
+# curves.png is redrawn after an epoch at most this often (drawing takes seconds), and at the end of the run.
+_PLOT_EVERY_S = 60.0
 
 # Config fields that must not change when a run is resumed: they change the model or what it learns from.
 _RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "data.split_seed", "seed")
@@ -72,25 +79,43 @@ def _check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Co
             )
 
 
-
 def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
-    """Mean metrics over every crop of an eval dataset (batch means weighted by batch size; accuracy counts
-    turned into fractions). A final batch that does not split over the devices runs replicated."""
-    sums: dict[str, jax.Array] = {}
+    """Metrics over every crop of an eval dataset: batch means weighted by batch size, accuracy counts turned
+    into fractions, and per codebook the number of codes no crop used ('dead_codes_<level>'). A final batch
+    that does not split over the devices runs replicated."""
+    sums: dict[str, np.ndarray] = {}
     n = 0
     n_dev = mesh.devices.size
     for batch in batches:
         b = len(batch["label"])
         placed = mesh_lib.shard_batch(batch, mesh) if b % n_dev == 0 else mesh_lib.replicate(batch, mesh)
-        m = eval_step(state, placed)
-        for k, v in m.items():
-            w = 1.0 if k.startswith("correct_") else b
-            sums[k] = sums.get(k, 0.0) + v * w
+        for k, v in jax.device_get(eval_step(state, placed)).items():  # summed on the host, in float64
+            w = 1.0 if k.startswith(("correct_", "codes_")) else b
+            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64) * w
         n += b
     if n == 0:
         raise ValueError("evaluation split is empty")
-    out = {k: float(v) / n for k, v in jax.device_get(sums).items()}
-    return {(k.replace("correct_", "accuracy_") if k.startswith("correct_") else k): v for k, v in out.items()}
+    out = {}
+    for k, v in sums.items():
+        if k.startswith("codes_"):
+            out[k.replace("codes_", "dead_codes_")] = int(np.sum(v == 0))
+        elif k.startswith("correct_"):
+            out[k.replace("correct_", "accuracy_")] = float(v) / n
+        else:
+            out[k] = float(v) / n
+    return out
+
+
+def codebook_warnings(val: dict[str, float], floor: float, num_codes: dict[str, int]) -> list[str]:
+    """One message per codebook ('local', 'global') whose validation perplexity is below floor (collapse)."""
+    out = []
+    for level, total in num_codes.items():
+        ppl = val[f"perplexity_{level}"]
+        if ppl < floor:
+            out.append(f"{level} codebook perplexity {ppl:.1f} is below config.train.min_codebook_perplexity="
+                       f"{floor:g} (codebook collapse: {val[f'dead_codes_{level}']} of {total} codes unused over "
+                       "the validation split)")
+    return out
 
 
 @dataclasses.dataclass
@@ -101,11 +126,38 @@ class TrainResult:
     state: TrainState
 
 
+def check_train_config(config: ml_collections.ConfigDict) -> None:
+    """Refuse training settings the loop cannot run with, naming the config field (ValueError, one line)."""
+    t = config.train
+    for field in ("batch_size", "eval_batch_size", "max_epochs", "log_every_steps"):
+        if not isinstance(t[field], int) or t[field] <= 0:
+            raise ValueError(f"config.train.{field}: expected a positive integer, found {t[field]!r}")
+    if not isinstance(t.max_steps_per_epoch, int) or t.max_steps_per_epoch < 0:
+        raise ValueError(f"config.train.max_steps_per_epoch: expected an integer >= 0 (0 = whole split), found "
+                         f"{t.max_steps_per_epoch!r}")
+    if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
+        raise ValueError(f"config.train.learning_rate: expected a positive number, found {t.learning_rate!r}")
+    if t.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size: expected a multiple of the {jax.process_count()} processes, "
+                         f"found {t.batch_size}")
+    channels = tuple(config.data.channels)
+    if not channels or channels[0] != "protein" or len(set(channels)) != len(channels):
+        raise ValueError(f"config.data.channels: expected distinct store channel names with 'protein' first, "
+                         f"found {list(channels)}")
+    fractions = tuple(config.data.split_fractions)
+    if len(fractions) != 3 or not fractions[1] > 0:
+        raise ValueError(f"config.data.split_fractions: expected (train, val, test) with val > 0 (the schedule and "
+                         f"the best checkpoint follow the validation loss), found {fractions}")
+
+
 def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the model of `config` in config.workdir; with resume=True continue the run found there exactly."""
+    """Train the model of `config` in config.workdir; with resume=True continue the run found there exactly.
+
+    Every input is checked before anything is written, so a refused run leaves no trace. However the run ends
+    (an error, Ctrl-C), the checkpoint saves already started are completed before this returns or raises."""
     run_dir = Path(config.workdir)
-    checkpointer = Checkpointer(run_dir)
-    if checkpointer.has("latest") and not resume:
+    check_train_config(config)
+    if latest_step(run_dir) is not None and not resume:
         raise FileExistsError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or set --config.workdir"
         )
@@ -115,15 +167,37 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     store = ensure_dataset(config.data)
     channels = tuple(config.data.channels)
     store.channel_indices(channels)  # clear error when the store lacks a channel the config asks for
+    verify_pixels(store, progress=progress)
     splits = split_by_field(
         store.table, tuple(config.data.split_fractions), seed=config.data.split_seed,
-        allow_single_field=config.data.allow_single_field,
+        allow_single_field=config.data.allow_single_field, where=str(store.path / TABLE_FILE),
     )
     h, w, _ = store.image_shape
     image_shape = (h, w, len(channels))
     model = build_model(config, image_shape, len(store.proteins))
     mesh = mesh_lib.make_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
+    n_train = len(splits["train"])
+    steps = steps_per_epoch(n_train, config.train.batch_size)
+    if config.train.max_steps_per_epoch:
+        steps = min(steps, config.train.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError(
+            f"config.train.batch_size: expected at most the {n_train} crops of the training split (of "
+            f"{len(store)} in {store.path}), found {config.train.batch_size}"
+        )
+    per_process = config.train.batch_size // jax.process_count()
+    data_kw = dict(channels=channels, num_workers=config.data.num_workers, prefetch=config.data.prefetch,
+                   shard_index=jax.process_index(), shard_count=jax.process_count())
+
+    def epoch_batches(epoch: int):
+        return make_dataset(store, splits["train"], batch_size=per_process, train=True, seed=config.seed,
+                            epoch=epoch, drop_remainder=True, **data_kw)
+
+    val_batches = make_dataset(store, splits["val"], batch_size=config.train.eval_batch_size, train=False,
+                               seed=config.seed, epoch=0, drop_remainder=False, **data_kw)
+    epoch_batches(0)  # built once now so that a data setting it refuses fails before anything is written
+
     dataset_info = {
         "store": str(Path(config.data.path).absolute()),
         "proteins": list(store.proteins),
@@ -131,40 +205,44 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         "image_shape": list(image_shape),
         "split_sizes": {k: int(len(v)) for k, v in splits.items()},
     }
-    save_run_config(run_dir, config, dataset_info)
+    with RunLock(run_dir):
+        checkpointer = Checkpointer(run_dir, clean_tmp=True)
+        try:
+            return _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
+                               dataset_info, steps, epoch_batches, val_batches)
+        finally:
+            checkpointer.close()  # completes the saves in flight: the latest checkpoint is whole even on errors
 
+
+def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh, dataset_info, steps,
+                epoch_batches, val_batches) -> TrainResult:
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = mesh_lib.replicate(create_train_state(model, image_shape, config.train.learning_rate, init_key), mesh)
+    # One jitted program (cached across runs by the compilation cache) instead of hundreds of eager ops
+    init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
+    state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(init_key)
     loop = LoopState(learning_rate=config.train.learning_rate)
     if resume and checkpointer.has("latest"):
         state, loop = checkpointer.restore("latest", state)
         log.info("resumed %s after epoch %d (step %d)", run_dir, loop.epoch, int(state.step))
+        if loop.best_epoch == loop.epoch:
+            checkpointer.save("best", state, loop)  # no-op unless the run died between its last two saves
+    elif resume:
+        log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
+    save_run_config(run_dir, config, dataset_info)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     metrics_log.truncate_after_epoch(loop.epoch)
 
     train_step = make_train_step(model, config.loss, mesh)
     eval_step = make_eval_step(model, config.loss)
-    n_train = len(splits["train"])
-    steps = steps_per_epoch(n_train, config.train.batch_size)
-    if config.train.max_steps_per_epoch:
-        steps = min(steps, config.train.max_steps_per_epoch)
-    if steps == 0:
-        raise ValueError(
-            f"config.train.batch_size: {config.train.batch_size} is larger than the {n_train} training crops"
-        )
-    per_process = config.train.batch_size // jax.process_count()
-    data_kw = dict(channels=channels, num_workers=config.data.num_workers, prefetch=config.data.prefetch,
-                   shard_index=jax.process_index(), shard_count=jax.process_count())
-
+    num_codes = {"local": model.spec.vq_local.num_codes, "global": model.spec.vq_global.num_codes}
     val = {}
+    last_plot = time.monotonic()
     while not loop.stop_reason and loop.epoch < config.train.max_epochs:
         epoch = loop.epoch
         state = with_learning_rate(state, loop.learning_rate)
-        batches = make_dataset(store, splits["train"], batch_size=per_process, train=True, seed=config.seed,
-                               epoch=epoch, drop_remainder=True, **data_kw)
         bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size, disable=not progress)
         pending = None  # metrics of the previous step, read while the current one runs
-        for i, batch in zip(range(steps), batches):
+        for _, batch in zip(range(steps), epoch_batches(epoch)):
             state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), step_key)
             if pending is not None:
                 _log_step(metrics_log, bar, pending, epoch, config)
@@ -172,38 +250,46 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         _log_step(metrics_log, bar, pending, epoch, config, force=True)
         images_per_s = bar.close()
 
-        val = evaluate(eval_step, state, _eval_batches(store, splits["val"], config, data_kw), mesh)
+        val = evaluate(eval_step, state, val_batches, mesh)
+        if not math.isfinite(val["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite validation loss after epoch {epoch + 1} (step {int(state.step)}): {_terms(val)}; the "
+                "run stopped and the latest checkpoint is the last good one"
+            )
         loop, improved = after_validation(loop, val["loss"], config.train)
-        checkpointer.save("latest", state, loop)
-        if improved:
-            checkpointer.save("best", state, loop)
         record = {"kind": "epoch", "epoch": epoch, "step": int(state.step), "images_per_s": images_per_s,
                   "learning_rate": float(jnp.asarray(state.opt_state.hyperparams["learning_rate"])),
                   **{f"val_{k}": v for k, v in val.items()}, "best_epoch": loop.best_epoch}
+        # The record goes first: a run killed before its checkpoint is complete redoes this epoch on resume,
+        # and the resume drops the records of epochs it redoes.
         metrics_log.write(record)
-        _warn_codebook_usage(val, config.train.min_codebook_perplexity, epoch)
-        plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
+        checkpointer.save("latest", state, loop)
+        if improved:
+            checkpointer.save("best", state, loop)
+        for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
+            log.warning("epoch %d: %s", epoch + 1, message)
+        if time.monotonic() - last_plot > _PLOT_EVERY_S:
+            plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
+            last_plot = time.monotonic()
         if progress:
-            print(_epoch_summary(record), flush=True)
-    checkpointer.wait()
-    checkpointer.close()
+            print(_epoch_summary(record, num_codes), flush=True)
+    if val:  # the final curves, whenever they were last drawn
+        plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
     if not loop.stop_reason:
         loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"
     return TrainResult(run_dir=run_dir, loop=loop, val=val, state=state)
 
 
-def _eval_batches(store, indices, config, data_kw):
-    return make_dataset(store, indices, batch_size=config.train.eval_batch_size, train=False, seed=config.seed,
-                        epoch=0, drop_remainder=False, **data_kw)
+def _terms(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.startswith(("dead_codes_", "accuracy_")))
 
 
 def _log_step(metrics_log: MetricsLog, bar: EpochProgress, pending, epoch: int, config, force: bool = False) -> None:
     step, metrics = pending
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if host.pop("finite") < 1.0:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in host.items())
         raise NonFiniteLossError(
-            f"non-finite loss or gradient at step {step} (epoch {epoch + 1}): {terms}; the run stopped and the "
+            f"non-finite loss or gradient at step {step} (epoch {epoch + 1}): {_terms(host)}; the run stopped and the "
             "latest checkpoint is the last good one (try a lower config.train.learning_rate)"
         )
     bar.update(config.train.batch_size, host["loss"])
@@ -211,15 +297,9 @@ def _log_step(metrics_log: MetricsLog, bar: EpochProgress, pending, epoch: int, 
         metrics_log.write({"kind": "step", "epoch": epoch, "step": step, **host})
 
 
-def _warn_codebook_usage(val: dict[str, float], floor: float, epoch: int) -> None:
-    for level in ("local", "global"):
-        ppl = val.get(f"perplexity_{level}", 0.0)
-        if ppl < floor:
-            log.warning("epoch %d: %s codebook perplexity %.1f is below config.train.min_codebook_perplexity=%.1f "
-                        "(codebook collapse: few codes in use)", epoch + 1, level, ppl, floor)
-
-
-def _epoch_summary(r: dict) -> str:
+def _epoch_summary(r: dict, num_codes: dict[str, int]) -> str:
     acc = " ".join(f"{k[4:]}={v:.3f}" for k, v in r.items() if k.startswith("val_accuracy"))
-    return (f"epoch {r['epoch'] + 1}: val_loss={r['val_loss']:.4f} {acc} ppl_local={r['val_perplexity_local']:.1f} "
-            f"ppl_global={r['val_perplexity_global']:.1f} lr={r['learning_rate']:.2g} {r['images_per_s']:.1f} img/s")
+    codes = " ".join(f"ppl_{level}={r[f'val_perplexity_{level}']:.1f} (dead {r[f'val_dead_codes_{level}']}/{n})"
+                     for level, n in num_codes.items())
+    return (f"epoch {r['epoch'] + 1}: val_loss={r['val_loss']:.4f} {acc} {codes} lr={r['learning_rate']:.2g} "
+            f"{r['images_per_s']:.1f} img/s")

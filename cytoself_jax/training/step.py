@@ -10,6 +10,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from cytoself_jax.models.quantizer import code_histogram
 from cytoself_jax.training.losses import loss_terms, total_loss
 from cytoself_jax.training.mesh import batch_sharding, replicated
 from cytoself_jax.training.state import TrainState, make_optimizer
@@ -73,16 +74,20 @@ def make_train_step(
 
 
 def make_eval_step(model, loss_weights: ml_collections.ConfigDict) -> Callable[[TrainState, dict], Metrics]:
-    """(state, batch) -> metrics of one batch: the loss terms, perplexities and, per classifier head, the number
-    of correct top-1 predictions ('correct_<level>'). Shardings follow the inputs, so a final partial batch that
-    cannot be split over the devices runs replicated instead."""
+    """(state, batch) -> metrics of one batch: the loss terms, perplexities, per classifier head the number
+    of correct top-1 predictions ('correct_<level>'), and per codebook how often each code was used
+    ('codes_<level>': float32 (num_codes,), summed over the batch's positions). Shardings follow the inputs, so
+    a final partial batch that cannot be split over the devices runs replicated instead."""
+    spec = model.spec
 
     def step(state: TrainState, batch: dict) -> Metrics:
         out = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
         terms = loss_terms(out, batch["image"], batch["label"])
         metrics = {"loss": total_loss(terms, loss_weights), **terms}
-        metrics["perplexity_local"] = out.vq_local.perplexity
-        metrics["perplexity_global"] = out.vq_global.perplexity
+        for level, vq, num_codes in (("local", out.vq_local, spec.vq_local.num_codes),
+                                     ("global", out.vq_global, spec.vq_global.num_codes)):
+            metrics[f"perplexity_{level}"] = vq.perplexity
+            metrics[f"codes_{level}"] = jnp.sum(code_histogram(vq.indices, num_codes), axis=0).astype(jnp.float32)
         for level, logits in out.logits.items():
             metrics[f"correct_{level}"] = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return metrics
