@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 import shutil
@@ -27,8 +26,6 @@ from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import META_FILE, CropStore, open_store
 from cytoself_jax.training.checkpoint import load_run_config, load_trained
 from cytoself_jax.training.state import build_model, create_train_state
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "all")
 NON_CLASSES = scores.NON_CLASSES
@@ -527,7 +524,10 @@ def _tables_and_pictures(o: EvalOptions, out: Path, run_dir: Path, model, variab
             spectrum.plot_spectra(spectra[[rows_of[p] for p in shown]],
                                   [f"{p} ({family_of[p] or 'no family'})" for p in shown], clusters,
                                   out / "spectra_proteins.png", svg=o.svg)
-            fams = _largest(np.array([family_of[n] for n in names]))[:MAX_FAMILY_SPECTRA]
+            fams = _largest(np.array([family_of[n] for n in names]))
+            if len(fams) > MAX_FAMILY_SPECTRA:
+                notes.append(f"spectra_families.png: the {MAX_FAMILY_SPECTRA} largest of {len(fams)} families")
+                fams = fams[:MAX_FAMILY_SPECTRA]
             if fams:
                 keep = np.isin([family_of[n] for n in names], fams)
                 fam_names, fam_spectra = group_means(spectra[keep], np.array([family_of[n] for n in names])[keep])
@@ -584,7 +584,7 @@ def _interpretation(o: EvalOptions, out: Path, model, variables, source: StoreSo
     if len(peaks) > 1:
         titles.append(f"all {len(peaks)} peaks\n{int(image_spectrum[peaks].sum())}/{positions} positions")
     result = interpret.interpret_codes(model, variables, source[crop]["image"], code_sets)
+    which = f"{len(peaks)} largest spectrum peaks" if len(peaks) > 1 else "largest spectrum peak"
     interpret.plot_interpretation(
         result, out / f"interpretation_{_safe_name(target)}.png", titles, channel=0, channel_name=channel,
-        title=f"{target}: crop {int(ev.index[crop])}, its {len(peaks)} largest spectrum peaks zeroed "
-              f"({channel} channel)")
+        title=f"{target}: crop {int(ev.index[crop])}, its {which} zeroed ({channel} channel)")
