@@ -41,8 +41,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = flags.FLAGS(argv)
         _CONFIG.value.workdir  # a config file that failed to load raises on first use
-    except flags.Error as e:
-        _usage_error(str(e))
+    except flags.Error as e:  # a config file that raised comes with its traceback: keep the first and last lines
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        _usage_error(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
     except OSError as e:  # config_flags: the config file is missing or unreadable
         _usage_error(f"--config: cannot load the config file ({str(e).strip().splitlines()[-1].strip()})")
     except (AttributeError, KeyError) as e:  # config_flags: --config.<field> names no field of the config

@@ -3,6 +3,7 @@ non-finite loss keeps the last good checkpoint, codebook collapse is reported, r
 bad input ends with one clear line and leaves nothing behind."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +29,7 @@ from cytoself_jax.data.store import PIXEL_CHECK_FILE, StoreError, open_store, ve
 from cytoself_jax.training import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import Checkpointer, RunLock
 from cytoself_jax.training.loop import NonFiniteLossError, codebook_warnings, evaluate, train
-from cytoself_jax.training.state import build_model
+from cytoself_jax.training.state import build_model, create_train_state
 from cytoself_jax.training.step import make_eval_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +99,23 @@ def _step_dirs(run_dir: Path, which: str) -> list[int]:
     return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
 
 
+def _restore(run_dir: Path, target):
+    checkpointer = Checkpointer(run_dir)
+    try:
+        return checkpointer.restore("latest", target)
+    finally:
+        checkpointer.close()
+
+
+def _saved_steps(run_dir: Path) -> tuple[int | None, int | None]:
+    """Steps of the complete 'latest' and 'best' checkpoints."""
+    checkpointer = Checkpointer(run_dir)
+    try:
+        return checkpointer.step("latest"), checkpointer.step("best")
+    finally:
+        checkpointer.close()
+
+
 def _in_epoch_2(run_dir: Path) -> bool:
     path = run_dir / "metrics.jsonl"
     return bool(_step_dirs(run_dir, "latest")) and path.exists() and '"kind": "step", "epoch": 1,' in path.read_text()
@@ -108,10 +127,10 @@ def test_killed_training_resumes_to_the_uninterrupted_parameters(tmp_path, tiny_
     # 1. killed while orbax writes the first checkpoint (into a temporary folder, renamed when complete)
     _kill_when(cmd, lambda: bool(_tmp_dirs(run)), tmp_path / "log1.txt")
     assert _tmp_dirs(run), "the kill should have caught a checkpoint half-written"
-    assert Checkpointer(run).step("latest") in (None, STEPS_PER_EPOCH)  # never the half-written one
+    assert _saved_steps(run)[0] in (None, STEPS_PER_EPOCH)  # never the half-written one
     # 2. resumed, then killed in the middle of epoch 2, the first checkpoint complete
     _kill_when(cmd + ["--resume"], lambda: _in_epoch_2(run), tmp_path / "log2.txt")
-    assert Checkpointer(run).step("latest") == STEPS_PER_EPOCH
+    assert _saved_steps(run)[0] == STEPS_PER_EPOCH
     assert not [r for r in _records(run) if r["kind"] == "epoch" and r["epoch"] == 1], "killed mid-epoch 2"
     # 3. resumed to the end
     done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
@@ -119,12 +138,11 @@ def test_killed_training_resumes_to_the_uninterrupted_parameters(tmp_path, tiny_
     assert "reached config.train.max_epochs=2" in done.stdout
 
     assert not _tmp_dirs(run)  # the leftovers of the killed saves were cleaned up
-    checkpointer = Checkpointer(run)
-    state, loop = checkpointer.restore("latest", reference.state)
+    state, loop = _restore(run, reference.state)
     assert int(state.step) == int(reference.state.step) == 2 * STEPS_PER_EPOCH
     chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(reference.state.params), atol=1e-6)
     assert dataclasses.replace(loop, stop_reason="") == dataclasses.replace(reference.loop, stop_reason="")
-    assert checkpointer.step("best") == Checkpointer(reference.run_dir).step("best")
+    assert _saved_steps(run) == _saved_steps(reference.run_dir)
     # the metrics log reads as if the run had never been interrupted: every step once, same numbers
     got, want = _numbers(_records(run)), _numbers(_records(reference.run_dir))
     assert [(r["kind"], r["epoch"], r["step"]) for r in got] == [(r["kind"], r["epoch"], r["step"]) for r in want]
@@ -139,14 +157,12 @@ def test_a_half_written_checkpoint_is_never_restored(tmp_path, reference):
     run = tmp_path / "run"
     shutil.copytree(reference.run_dir, run)
     # what a save killed mid-write leaves: orbax's temporary folder for a later step, never renamed
-    tmp = run / "checkpoints" / "latest" / "12.orbax-checkpoint-tmp-1700000000000000"
+    tmp = run / "checkpoints" / "latest" / f"{3 * STEPS_PER_EPOCH}.orbax-checkpoint-tmp"
     (tmp / "state").mkdir(parents=True)
     (tmp / "state" / "_METADATA").write_text("{")
-    checkpointer = Checkpointer(run)
-    assert checkpointer.step("latest") == 2 * STEPS_PER_EPOCH
-    state, loop = checkpointer.restore("latest", reference.state)
+    assert _saved_steps(run)[0] == 2 * STEPS_PER_EPOCH
+    state, _ = _restore(run, reference.state)
     chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(reference.state.params))
-    checkpointer.close()
     assert tmp.exists()  # readers (eval) leave it alone: it could be a live run's save in flight
     Checkpointer(run, clean_tmp=True).close()  # the training process removes it
     assert not tmp.exists()
@@ -161,9 +177,8 @@ def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(tmp_path, tiny_s
     with pytest.raises(NonFiniteLossError, match=rf"step {2 * STEPS_PER_EPOCH + 1} \(epoch 3\): .* loss=nan, .*"
                                                  r"the latest checkpoint is the last good one"):
         train(config, resume=True, progress=False)
-    checkpointer = Checkpointer(run)
-    assert checkpointer.step("latest") == checkpointer.step("best") == 2 * STEPS_PER_EPOCH
-    state, loop = checkpointer.restore("latest", reference.state)
+    assert _saved_steps(run) == (2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+    state, loop = _restore(run, reference.state)
     assert loop.epoch == 2
     chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(reference.state.params))
     assert [r["epoch"] for r in _records(run) if r["kind"] == "epoch"] == [0, 1]
@@ -179,26 +194,49 @@ def test_a_second_training_process_on_the_same_run_is_refused(tmp_path, tiny_sto
 
 # ---------------------------------------------------------------------------- codebook usage and determinism
 
-def test_codebook_collapse_is_counted_and_warned(tiny_store_path, reference):
-    config = _config(reference.run_dir, tiny_store_path)
+def test_evaluate_counts_dead_codes_over_the_whole_split():
+    """Batch histograms summed over the split (a code used by any batch is alive), losses weighted by batch size;
+    checked against numpy with a stand-in eval step."""
+    rng = np.random.default_rng(0)
+    sizes = [16, 16, 8]  # the last batch partial
+    hists = [rng.integers(0, 3, 40) * (rng.random(40) < 0.3) for _ in sizes]  # mostly zeros, different per batch
+    losses = rng.random(len(sizes))
+    batches = [{"image": np.zeros((b, 2, 2, 1), np.float32), "label": np.full(b, i, np.int32)}
+               for i, b in enumerate(sizes)]
+
+    def eval_step(state, batch):
+        i = int(np.asarray(batch["label"])[0])
+        return {"loss": losses[i], "perplexity_local": 2.0, "codes_local": hists[i].astype(np.float32),
+                "correct_local": float(sizes[i] // 2)}
+
+    metrics = evaluate(eval_step, None, batches, mesh_lib.make_mesh())
+    assert metrics["dead_codes_local"] == int(np.sum(np.sum(hists, axis=0) == 0)) > 0
+    np.testing.assert_allclose(metrics["loss"], np.average(losses, weights=sizes), rtol=1e-12)
+    assert metrics["accuracy_local"] == 0.5
+
+
+def test_codebook_collapse_is_counted_and_warned(tiny_store_path):
+    config = _config("unused", tiny_store_path)
     store = open_store(tiny_store_path)
     channels = tuple(config.data.channels)
-    model = build_model(config, (32, 32, len(channels)), len(store.proteins))
+    image_shape = (32, 32, len(channels))
+    model = build_model(config, image_shape, len(store.proteins))
     splits = split_by_field(store.table, tuple(config.data.split_fractions), seed=config.data.split_seed)
     val = make_dataset(store, splits["val"], channels=channels, batch_size=16, train=False)
     mesh = mesh_lib.make_mesh()
-    params = dict(reference.state.params)
-    # every code the same vector: each position picks code 0, the other 31 are dead
-    params["vq_local"] = {"codebook": jax.numpy.zeros_like(params["vq_local"]["codebook"])}
-    collapsed = reference.state.replace(params=mesh_lib.replicate(params, mesh))
+    init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
+    state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0))
+    # every code far from the encoder's outputs but code 5: every position picks code 5, the other 31 are dead
+    codebook = jnp.full_like(state.params["vq_local"]["codebook"], 1e3).at[5].set(0.0)
+    collapsed = state.replace(params={**state.params, "vq_local": {"codebook": codebook}})
     metrics = evaluate(make_eval_step(model, config.loss), collapsed, val, mesh)
     assert metrics["dead_codes_local"] == 31
     np.testing.assert_allclose(metrics["perplexity_local"], 1.0, rtol=1e-5)
-    assert 0 <= metrics["dead_codes_global"] < 32
-    warnings = codebook_warnings(metrics, 2.0, {"local": 32, "global": 32})
-    assert any(w.startswith("local codebook perplexity 1.0 is below config.train.min_codebook_perplexity=2 "
-                            "(codebook collapse: 31 of 32 codes unused over the validation split)") for w in warnings)
-    assert not codebook_warnings(metrics, 1.0, {"local": 32, "global": 32})  # perplexity is never below 1
+    num_codes = {"local": 32, "global": 32}
+    warnings = codebook_warnings(metrics, 2.0, num_codes)
+    assert ("local codebook perplexity 1.0 is below config.train.min_codebook_perplexity=2 (codebook collapse: "
+            "31 of 32 codes unused over the validation split)") in warnings
+    assert not codebook_warnings(metrics, 1.0, num_codes)  # a perplexity is never below 1
 
 
 def test_same_config_and_seed_give_the_same_metrics(tmp_path, tiny_store_path, reference, caplog):
@@ -272,6 +310,11 @@ def _extra_label(path):
     pd.concat([table, table.iloc[:1]]).to_csv(path / "crops.csv", index=False)
 
 
+def _non_square(path):
+    images, table = _crops()
+    write_store(path, images[:, :, :12], table, CHANNELS)
+
+
 def _store_case(make_store, **config_changes):
     def setup(tmp_path: Path):
         make_store(tmp_path / "store")
@@ -297,6 +340,8 @@ BAD_INPUTS = {
     "array with fewer channels than store.json": (_store_case(_two_channel_array), StoreError,
                                                    r"crops.npy: shape: expected \[36, 16, 16, 3\] \(from store.json\), "
                                                    r"found \[36, 16, 16, 2\]"),
+    "non-square crops": (_store_case(_non_square), StoreError,
+                         r"store.json: shape: dihedral augmentation needs square crops, found 16x12"),
     "protein channel not first": (_config_case(**{"data.channels": ("distance", "protein")}), ValueError,
                                   r"config.data.channels: expected distinct store channel names with 'protein' "
                                   r"first, found \['distance', 'protein'\]"),
@@ -377,11 +422,6 @@ def test_pixel_check_runs_once_per_version_of_the_array(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- the command line
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = _train_cmd(tmp_path / "run", tmp_path / "store", *args)
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("args, status, last_line", [
     (["--config.train.batchsize=8"], 2,
      "error: --config.train.batchsize: no field 'batchsize' in the config (did you mean 'batch_size'?); "
@@ -392,11 +432,26 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     (["--config.train.batch_size=eight"], 2,
      "error: flag --config.train.batch_size=eight: invalid literal for int() with base 10: 'eight'"),
     (["--resum"], 2, "error: Unknown command line flag 'resum'. Did you mean: resume ?"),
+    (["extra"], 2, "error: unexpected arguments ['extra'] (config fields are set as --config.<field>=<value>)"),
     ([], 1, "error: {store}: store: expected a crop store directory, found nothing"),
 ])
 def test_command_line_errors_are_one_line(tmp_path, args, status, last_line):
-    done = _cli(tmp_path, *args)
+    cmd = _train_cmd(tmp_path / "run", tmp_path / "store", *args)
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == status, done.stderr
     assert done.stderr.strip().splitlines()[-1] == last_line.format(store=tmp_path / "store")
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, last_line", [
+    ("missing.py", "error: --config: cannot load the config file ([Errno 2] No such file or directory: "
+                   "'missing.py')"),
+    (f"{TINY_CONFIG}:extra", f"error: flag --config={TINY_CONFIG}:extra: Error whilst parsing config file: "
+                             "TypeError: get_config() takes 0 positional arguments but 1 was given"),
+])
+def test_a_config_file_that_fails_is_one_line(config, last_line):
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), f"--config={config}"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [last_line]
