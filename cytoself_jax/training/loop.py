@@ -126,7 +126,7 @@ class TrainResult:
     state: TrainState
 
 
-def check_train_config(config: ml_collections.ConfigDict) -> None:
+def _check_train_config(config: ml_collections.ConfigDict) -> None:
     """Refuse training settings the loop cannot run with, naming the config field (ValueError, one line)."""
     t = config.train
     for field in ("batch_size", "eval_batch_size", "max_epochs", "log_every_steps"):
@@ -156,7 +156,7 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     Every input is checked before anything is written, so a refused run leaves no trace. However the run ends
     (an error, Ctrl-C), the checkpoint saves already started are completed before this returns or raises."""
     run_dir = Path(config.workdir)
-    check_train_config(config)
+    _check_train_config(config)
     if latest_step(run_dir) is not None and not resume:
         raise FileExistsError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or set --config.workdir"
