@@ -31,6 +31,8 @@ import numpy as np
 # (BENCHMARKS-ANCHOR.md, ~790 TFLOP/s). It is the card's limit whatever the compute dtype, so fp32 runs are
 # measured against it too. The H200 has the same compute die. Elsewhere the peak is unknown (null) unless given.
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
+# Memory bandwidth (TB/s, spec sheets: H100 SXM HBM3, H200 HBM3e), for the memory-bound limit of light programs.
+PEAK_TBS = {"H100": 3.35, "H200": 4.8}
 # The paper's OpenCell model: 100x100 crops, 1311 proteins (REFERENCE.md); used when the config draws no data.
 PAPER_SIZE, PAPER_CLASSES = 100, 1311
 
@@ -87,17 +89,23 @@ def check_divisible(batch: int, devices: int) -> None:
         raise BenchError(f"--batch: expected a positive multiple of the {devices} devices in use, got {batch}")
 
 
-def flops_of(compiled) -> float | None:
-    """Total FLOPs of one call of a compiled program, from XLA's cost analysis (None where unavailable).
-    For a program partitioned over devices the analysis is of one device's share."""
+def cost_of(compiled) -> dict[str, float | None]:
+    """{'flops', 'bytes'}: FLOPs and bytes of memory accessed by one call of a compiled program, from XLA's
+    cost analysis (None where unavailable). For a program partitioned over devices it is one device's share."""
     try:
         cost = compiled.cost_analysis()
     except Exception:  # some backends do not implement it
-        return None
+        cost = None
     if isinstance(cost, (list, tuple)):  # older jax: one dict per program
         cost = cost[0] if cost else None
-    flops = (cost or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    cost = cost or {}
+    value = lambda key: float(cost[key]) if cost.get(key, 0) > 0 else None  # noqa: E731
+    return {"flops": value("flops"), "bytes": value("bytes accessed")}
+
+
+def flops_of(compiled) -> float | None:
+    """FLOPs of one call of a compiled program (one device's share), None where unknown."""
+    return cost_of(compiled)["flops"]
 
 
 def memory_analysis(compiled) -> dict[str, int] | None:
@@ -123,12 +131,21 @@ def peak_memory(devices: Sequence[jax.Device]) -> tuple[int, str]:
     return int(rss_kib) * 1024, "process peak RSS"
 
 
+def _device_peak(device: jax.Device, table: dict[str, float]) -> float | None:
+    for name, value in table.items():
+        if device.platform == "gpu" and name in device.device_kind:
+            return value
+    return None
+
+
 def default_peak_tflops(device: jax.Device) -> float | None:
     """The hardware limit (TFLOP/s) for a device kind we have a measured rate for, else None."""
-    for name, tflops in PEAK_TFLOPS.items():
-        if device.platform == "gpu" and name in device.device_kind:
-            return tflops
-    return None
+    return _device_peak(device, PEAK_TFLOPS)
+
+
+def default_peak_tbs(device: jax.Device) -> float | None:
+    """The memory bandwidth (TB/s) of a device kind we know, else None."""
+    return _device_peak(device, PEAK_TBS)
 
 
 def time_calls(fn: Callable[[], Any], steps: int, warmup: int, desc: str) -> list[float]:
@@ -151,15 +168,22 @@ def throughput(times: Sequence[float], items_per_call: int) -> dict[str, float]:
     return {"median_s": median, "min_s": min(times), "max_s": max(times), "per_s": items_per_call / median}
 
 
-def compute_fraction(flops_per_item: float | None, items_per_s: float, peak_tflops: float | None) -> dict[str, Any]:
-    """Achieved TFLOP/s, the peak it is compared with, the fraction, and the items/s at that peak."""
+def compute_fraction(flops_per_item: float | None, items_per_s: float, peak_tflops: float | None,
+                     bytes_per_item: float | None = None, peak_tbs: float | None = None) -> dict[str, Any]:
+    """Achieved TFLOP/s, the peak it is compared with and the fraction; the items/s at that peak (compute
+    limit), at the memory bandwidth (memory limit, when bytes and bandwidth are known) and the fraction of the
+    lower of the two (the roofline limit)."""
     achieved = flops_per_item * items_per_s / 1e12 if flops_per_item else None
-    ok = achieved is not None and peak_tflops
+    compute_limit = peak_tflops * 1e12 / flops_per_item if flops_per_item and peak_tflops else None
+    memory_limit = peak_tbs * 1e12 / bytes_per_item if bytes_per_item and peak_tbs else None
+    limits = [x for x in (compute_limit, memory_limit) if x]
     return {
         "achieved_tflops": achieved,
         "peak_tflops": peak_tflops,
-        "fraction_of_peak": achieved / peak_tflops if ok else None,
-        "limit_per_s": peak_tflops * 1e12 / flops_per_item if ok else None,
+        "fraction_of_peak": achieved / peak_tflops if achieved is not None and peak_tflops else None,
+        "limit_per_s": compute_limit,
+        "memory_limit_per_s": memory_limit,
+        "fraction_of_roofline": items_per_s / min(limits) if limits else None,
     }
 
 
@@ -231,7 +255,7 @@ def gib(n: int | None) -> float | None:
     return None if n is None else n / 2**30
 
 
-def add_model_args(parser: argparse.ArgumentParser, batch: int | None, batch_help: str) -> None:
+def add_model_args(parser: argparse.ArgumentParser, batch: int | None, batch_help: str, peak: bool = True) -> None:
     """The options shared by the model benchmarks (config, batch, dtype, steps, input shape, peak, output)."""
     parser.add_argument("--config", required=True, help="experiment config file, e.g. configs/full.py")
     parser.add_argument("--batch", type=int, default=batch, help=batch_help)
@@ -244,8 +268,9 @@ def add_model_args(parser: argparse.ArgumentParser, batch: int | None, batch_hel
                         f"else {PAPER_SIZE})")
     parser.add_argument("--num-classes", type=int, default=None, help="proteins (default: the config's synthetic "
                         f"proteins, else {PAPER_CLASSES})")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="hardware limit in TFLOP/s (default: "
-                        "790 on H100/H200, else none)")
+    if peak:
+        parser.add_argument("--peak-tflops", type=float, default=None, help="hardware limit in TFLOP/s (default: "
+                            "790 on H100/H200, else none)")
     parser.add_argument("--out", default=None, help="JSON file to write")
 
 
@@ -260,11 +285,11 @@ def timing_record(benchmark: str, label: str, config: ml_collections.ConfigDict,
     """The JSON record of a timed compiled program that processes `batch` images per call over `devices`:
     images/s (median call), FLOPs per image, fraction of the peak (given, else the device kind's), memory."""
     speed = throughput(times, batch)
-    flops = flops_of(compiled)
+    cost = cost_of(compiled)
     # The cost analysis of a partitioned program is one device's share: batch / devices images.
-    flops_per_image = flops * len(devices) / batch if flops else None
+    per_image = {k: v * len(devices) / batch if v else None for k, v in cost.items()}
     peak = peak_tflops if peak_tflops is not None else default_peak_tflops(devices[0])
-    frac = compute_fraction(flops_per_image, speed["per_s"], peak)
+    frac = compute_fraction(per_image["flops"], speed["per_s"], peak, per_image["bytes"], default_peak_tbs(devices[0]))
     memory, memory_source = peak_memory(devices)
     return {
         "benchmark": benchmark,
@@ -274,11 +299,15 @@ def timing_record(benchmark: str, label: str, config: ml_collections.ConfigDict,
         "step_s": {k: speed[k] for k in ("median_s", "min_s", "max_s")},
         "step_times_s": list(times),
         "compile_s": compile_s,
-        "flops_per_image": flops_per_image,
+        "flops_per_image": per_image["flops"],
+        "bytes_accessed_per_image": per_image["bytes"],
         "achieved_tflops": frac["achieved_tflops"],
         "peak_tflops": frac["peak_tflops"],
         "fraction_of_peak": frac["fraction_of_peak"],
         "limit_images_per_s": frac["limit_per_s"],
+        "peak_tbs": default_peak_tbs(devices[0]),
+        "memory_limit_images_per_s": frac["memory_limit_per_s"],
+        "fraction_of_roofline": frac["fraction_of_roofline"],
         "peak_memory_bytes": memory,
         "peak_memory_source": memory_source,
         "compiled_memory_bytes": memory_analysis(compiled),
@@ -289,13 +318,30 @@ def timing_record(benchmark: str, label: str, config: ml_collections.ConfigDict,
     }
 
 
+def out_of_memory_record(benchmark: str, label: str, config: ml_collections.ConfigDict, batch: int,
+                         error: Exception) -> dict[str, Any]:
+    """The record of a run that did not fit in device memory: a result ("out of memory" in the table), not a crash."""
+    return {"benchmark": benchmark, "label": label, "error": "out of memory", "detail": str(error).splitlines()[0],
+            "images_per_s": None, "config": {"dtype": config.model.dtype, "batch": batch},
+            **environment(jax.devices())}
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+
+
 TIMING_COLUMNS = ["config", "dtype", "batch", "device", "devices", "images/s", "call s (median)", "compile s",
-                  "GFLOP/image", "TFLOP/s", "fraction of peak", "peak memory GiB", "load avg"]
+                  "GFLOP/image", "MB accessed/image", "TFLOP/s", "fraction of peak", "fraction of roofline",
+                  "peak memory GiB", "load avg"]
 
 
 def timing_row(r: dict[str, Any]) -> list[Any]:
-    """A TIMING_COLUMNS row of a timing_record."""
+    """A TIMING_COLUMNS row of a timing_record (or of an out_of_memory_record)."""
+    if r.get("error"):
+        return [r["label"], r["config"]["dtype"], r["config"]["batch"], r["device"]["kind"], r["device"]["count"],
+                r["error"], *["-"] * (len(TIMING_COLUMNS) - 6)]
     return [r["label"], r["config"]["dtype"], r["config"]["batch"], r["device"]["kind"], r["device"]["count"],
             r["images_per_s"], r["step_s"]["median_s"], r["compile_s"],
-            r["flops_per_image"] / 1e9 if r["flops_per_image"] else None, r["achieved_tflops"],
-            r["fraction_of_peak"], gib(r["peak_memory_bytes"]), r["load_average"][0]]
+            r["flops_per_image"] / 1e9 if r["flops_per_image"] else None,
+            r["bytes_accessed_per_image"] / 1e6 if r["bytes_accessed_per_image"] else None, r["achieved_tflops"],
+            r["fraction_of_peak"], r["fraction_of_roofline"], gib(r["peak_memory_bytes"]), r["load_average"][0]]

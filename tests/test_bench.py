@@ -4,20 +4,25 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import benchlib  # noqa: E402
+import breakdown  # noqa: E402
 import embed  # noqa: E402
 import input_pipeline  # noqa: E402
 import scaling  # noqa: E402
 import train_step  # noqa: E402
+from cytoself_jax.training.state import build_model  # noqa: E402
 
 TINY = ["--size", "32", "--num-classes", "4"]
 TIMING_KEYS = {"images_per_s", "step_s", "compile_s", "flops_per_image", "achieved_tflops", "peak_tflops",
-               "fraction_of_peak", "limit_images_per_s", "peak_memory_bytes", "device", "jax_version", "config",
+               "fraction_of_peak", "limit_images_per_s", "bytes_accessed_per_image", "fraction_of_roofline",
+               "peak_memory_bytes", "device", "jax_version", "config",
                "command", "load_average"}
 
 
@@ -89,3 +94,66 @@ def test_bad_options_name_the_option(tiny_config_file, tmp_path):
         train_step.main(["--config", str(tiny_config_file), "--batch", "12", *TINY])
     with pytest.raises(benchlib.BenchError, match="--config: expected an experiment config file"):
         embed.main(["--config", str(tmp_path / "missing.py")])
+
+
+def test_out_of_memory_is_a_result_not_a_crash(tiny_config_file, tmp_path, monkeypatch, capsys):
+    def too_big(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 41.2GiB.")
+
+    monkeypatch.setattr(train_step, "run", too_big)
+    out = tmp_path / "oom.json"
+    train_step.main(["--config", str(tiny_config_file), "--batch", "256", "--out", str(out)])
+    saved = _load(out)
+    assert saved["error"] == "out of memory" and saved["images_per_s"] is None and saved["config"]["batch"] == 256
+    assert "| out of memory |" in capsys.readouterr().out
+
+    def other_failure(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(train_step, "run", other_failure)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        train_step.main(["--config", str(tiny_config_file), "--batch", "256"])
+
+
+def test_breakdown_records_every_part_with_its_input_shape(tiny_config_file):
+    config = benchlib.load_config(tiny_config_file)
+    shape, classes = benchlib.input_shape(config, 32, 4)
+    model = build_model(config, shape, classes)
+    variables = jax.eval_shape(lambda k: model.init({"params": k, "dropout": k}, jax.numpy.zeros((2, *shape)),
+                                                    train=False), jax.random.PRNGKey(0))
+    parts = {p.name: p for p in breakdown.record_parts(model, variables, shape, batch=4)}
+    assert set(parts) == set(variables["params"])  # every direct submodule, heads included
+    spec = model.spec
+    assert parts["encoder_local"].inputs[0].shape == (4, 32, 32, 2)
+    assert parts["vq_local"].inputs[0].shape == (4, *spec.local_sizes[-1], spec.vq_local.width)
+    assert parts["decoder_local"].inputs[0].shape == (4, *spec.local_sizes[-1], spec.vq_local.width + spec.vq_global.width)
+    assert parts["heads_global"].inputs[0].shape == (4, int(np.prod(spec.global_shape)))
+    assert all(p.static == [True] for p in parts.values())  # train=True, as in the training step
+
+
+def test_breakdown_measures_one_part(tiny_config_file):
+    config = benchlib.load_config(tiny_config_file)
+    shape, classes = benchlib.input_shape(config, 32, 4)
+    model = build_model(config, shape, classes)
+    state = train_step.init_state(model, config, shape, jax.random.PRNGKey(0))
+    variables = {"params": state.params, **state.model_state}
+    (head,) = [p for p in breakdown.record_parts(model, variables, shape, batch=4) if p.name == "heads_global"]
+    row = breakdown.measure_part(head, variables, steps=1, warmup=0, rng=np.random.default_rng(0))
+    hidden, features = config.model.head_hidden, head.inputs[0].shape[1]
+    # At least the two matrix products of the head per image, 2 FLOPs per multiply-add; backward about twice that.
+    assert row["forward"]["flops_per_image"] >= 2 * (features * hidden + hidden * classes)
+    assert row["forward_backward"]["flops_per_image"] > 2 * row["forward"]["flops_per_image"]
+    assert row["num_params"] > features * hidden and row["forward_backward"]["median_s"] > 0
+
+
+def test_compute_fraction_against_hand_arithmetic():
+    # 500 GFLOP and 2 GB per image at 1,000 images/s on a 1,000 TFLOP/s, 4 TB/s device.
+    f = benchlib.compute_fraction(500e9, 1000.0, 1000.0, 2e9, 4.0)
+    assert f["achieved_tflops"] == pytest.approx(500.0) and f["fraction_of_peak"] == pytest.approx(0.5)
+    assert f["limit_per_s"] == pytest.approx(2000.0) and f["memory_limit_per_s"] == pytest.approx(2000.0)
+    assert f["fraction_of_roofline"] == pytest.approx(0.5)
+    light = benchlib.compute_fraction(1e9, 1000.0, 1000.0, 1e9, 4.0)  # memory-bound: 4,000/s at 4 TB/s
+    assert light["limit_per_s"] == pytest.approx(1e6) and light["fraction_of_roofline"] == pytest.approx(0.25)
+    unknown = benchlib.compute_fraction(1e9, 10.0, None)
+    assert unknown["achieved_tflops"] == pytest.approx(0.01)
+    assert unknown["fraction_of_peak"] is None and unknown["fraction_of_roofline"] is None
