@@ -11,6 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import activation_memory  # noqa: E402
 import benchlib  # noqa: E402
 import breakdown  # noqa: E402
 import embed  # noqa: E402
@@ -157,3 +158,20 @@ def test_compute_fraction_against_hand_arithmetic():
     unknown = benchlib.compute_fraction(1e9, 10.0, None)
     assert unknown["achieved_tflops"] == pytest.approx(0.01)
     assert unknown["fraction_of_peak"] is None and unknown["fraction_of_roofline"] is None
+
+
+def test_activation_memory_per_image_and_prediction(tiny_config_file, tmp_path):
+    out = tmp_path / "memory.json"
+    fp32, bf16 = activation_memory.main(["--config", str(tiny_config_file), "--batch", "64", "--out", str(out), *TINY])
+    assert _load(out)[0]["predicted_step_bytes"] == fp32["predicted_step_bytes"]
+    assert fp32["residual_bytes_per_image"]["float32"] > 32 * 32 * 2 * 4  # at least one image-sized map kept
+    assert fp32["residual_bytes_per_image"].get("bfloat16", 0) == 0 and bf16["residual_bytes_per_image"]["bfloat16"] > 0
+    for r in (fp32, bf16):
+        expected = 64 * sum(r["residual_bytes_per_image"].values()) + sum(r["residual_bytes_fixed"].values())
+        assert r["predicted_step_bytes"] == expected + 3 * r["param_bytes"]
+    # The per-image cost measured from batches 1 and 2 predicts batch 3 exactly (residuals grow linearly).
+    config = benchlib.load_config(tiny_config_file)
+    three = activation_memory.residual_bytes(config, (32, 32, 2), 4, 3)
+    three.pop("params")
+    for dtype, n in three.items():
+        assert n == fp32["residual_bytes_fixed"][dtype] + 3 * fp32["residual_bytes_per_image"][dtype]
