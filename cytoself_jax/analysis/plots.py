@@ -120,7 +120,7 @@ def read_metrics(metrics: str | Path | Iterable[Mapping]) -> list[dict]:
 
 def training_curves_table(metrics: str | Path | Iterable[Mapping]) -> pd.DataFrame:
     """One row per epoch: train_<term> (mean of the logged step records of that epoch), val_<term>,
-    learning_rate and best_epoch as logged by the training loop. Index: epoch (0-based)."""
+    learning_rate and best_epoch (1-based, as the training loop logs it). Index: epoch (0-based)."""
     records = read_metrics(metrics)
     steps = pd.DataFrame([r for r in records if r["kind"] == "step"])
     epochs = pd.DataFrame([r for r in records if r["kind"] == "epoch"])
@@ -149,7 +149,7 @@ def plot_training_curves(metrics: str | Path | Iterable[Mapping], path: str | Pa
     fig = Figure(figsize=(3.2 * cols, 2.5 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     epoch = table.index.to_numpy() + 1  # epochs shown 1-based, as the training log prints them
-    best = table["best_epoch"].dropna().iloc[-1] + 1 if "best_epoch" in table and table["best_epoch"].notna().any() else None
+    best = table["best_epoch"].dropna().iloc[-1] if "best_epoch" in table and table["best_epoch"].notna().any() else None
     for ax, name in zip(axes, panels):
         series = {"learning_rate": table[name]} if name == "learning_rate" else {
             split: table[f"{split}_{name}"] for split in ("train", "val") if f"{split}_{name}" in table}
