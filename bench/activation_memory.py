@@ -5,7 +5,9 @@ product (the arrays jax.vjp keeps for the backward pass) at batches 1 and 2: the
 cost, the rest is batch-independent (e.g. parameters cast to the compute dtype). Adds the train state (float32
 parameters + Adam's two moments) to predict the memory of a step at `--batch` before XLA's fusion, which lowers it
 somewhat (on CPU, full config, batch 16: XLA planned 6.9 GiB (float32) and 6.4 GiB (bfloat16) of temporaries
-against 9.1 and 6.2 GiB of residuals predicted here). Seconds on a CPU.
+against 9.1 and 6.2 GiB of residuals predicted here). It counts what autodiff keeps, not the intermediates a
+rematerialized (jax.checkpoint) segment recomputes during its backward pass, so under remat it underestimates.
+Seconds on a CPU.
 
 python bench/activation_memory.py --config configs/full.py --batch 256 --out bench/results/activation_memory_full.json
 """
