@@ -16,6 +16,10 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in config.workdir from its latest checkpoint.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Multi-host: call jax.distributed.initialize() first (coordinator, process count and id from the cluster "
+    "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
 
 
 def _usage_error(message: str) -> None:
@@ -59,6 +63,10 @@ def main(argv: list[str]) -> None:
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.training.loop import NonFiniteLossError, train
 
+    if _DISTRIBUTED.value:
+        import jax
+
+        jax.distributed.initialize()  # before any other JAX call: the mesh then spans every host's devices
     try:
         result = train(_CONFIG.value, resume=_RESUME.value)
     except (ValueError, OSError, NonFiniteLossError) as e:  # our input checks raise ValueError subclasses

@@ -10,11 +10,11 @@ python bench/pixel_baseline.py --config configs/yeast.py --out bench/results/pix
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
+from benchlib import load_config
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -24,13 +24,6 @@ from sklearn.preprocessing import StandardScaler
 from cytoself_jax.data.pipeline import normalize_crop
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import open_store
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("experiment_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def protein_pixels(store) -> np.ndarray:
