@@ -345,3 +345,18 @@ def timing_row(r: dict[str, Any]) -> list[Any]:
             r["flops_per_image"] / 1e9 if r["flops_per_image"] else None,
             r["bytes_accessed_per_image"] / 1e6 if r["bytes_accessed_per_image"] else None, r["achieved_tflops"],
             r["fraction_of_peak"], r["fraction_of_roofline"], gib(r["peak_memory_bytes"]), r["load_average"][0]]
+
+
+def run_and_report(kind: str, title: str, run, config: ml_collections.ConfigDict, batch: int, args) -> dict:
+    """Run a timing benchmark from its parsed arguments, turning an out-of-memory failure into a result
+    record; print the table and write the JSON (args.out). Returns the record."""
+    try:
+        result = run(config, batch=batch, steps=args.steps, warmup=args.warmup, size=args.size,
+                     num_classes=args.num_classes, peak_tflops=args.peak_tflops, label=args.config)
+    except jax.errors.JaxRuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        result = out_of_memory_record(kind, args.config, config, batch, e)
+    print_table(title, TIMING_COLUMNS, [timing_row(result)])
+    write_json(result, args.out)
+    return result

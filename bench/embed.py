@@ -60,16 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     config = benchlib.set_dtype(benchlib.load_config(args.config), args.dtype)
     batch = args.batch
-    try:
-        result = run(config, batch=batch, steps=args.steps, warmup=args.warmup, size=args.size,
-                     num_classes=args.num_classes, peak_tflops=args.peak_tflops, label=args.config)
-    except jax.errors.JaxRuntimeError as e:
-        if not benchlib.is_out_of_memory(e):
-            raise
-        result = benchlib.out_of_memory_record("embed", args.config, config, batch, e)
-    benchlib.print_table("embed", benchlib.TIMING_COLUMNS, [benchlib.timing_row(result)])
-    benchlib.write_json(result, args.out)
-    return result
+    return benchlib.run_and_report("embed", "embed", run, config, batch, args)
 
 
 if __name__ == "__main__":
