@@ -12,7 +12,6 @@ evaluations are not redone, an interrupted training resumes from its latest chec
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import json
 import logging
@@ -24,7 +23,7 @@ import pandas as pd
 
 from cytoself_jax.analysis.atlas import plot_atlas_panels
 from cytoself_jax.analysis.report import EvalOptions, default_out_dir, run_eval
-from cytoself_jax.config import ABLATIONS
+from cytoself_jax.config import ABLATIONS, apply_ablation, apply_overrides
 from cytoself_jax.training.checkpoint import Checkpointer
 from cytoself_jax.training.loop import train
 
@@ -33,25 +32,18 @@ PAPER_TABLE_1 = {"full": "13.3 +- 2.4", "no_fiducial": "12.4 +- 1.3", "no_distan
 
 
 def variant_config(config_file: str, variant: str, seed: int, root: Path, overrides: list[str]):
-    """The experiment config of one (variant, seed); None where the variant does not apply to this data."""
+    """The experiment config of one (variant, seed); ValueError where the variant does not apply to this data.
+
+    The overrides go to the config file's base_config() before the variant's switch, so that a variant that
+    derives a size from the base (no_split's code width) derives it from the overridden one.
+    """
     spec = importlib.util.spec_from_file_location("experiment_config", config_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    try:
-        c = module.get_config(variant)
-    except ValueError as e:  # e.g. no distance channel in the yeast data
-        logging.warning("%s", e)
-        return None
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = c
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        try:
-            node[leaf] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            node[leaf] = value
+    if not hasattr(module, "base_config"):
+        raise SystemExit(f"error: {config_file}: expected a base_config() function (the experiment before its "
+                         "ablation switch), as in configs/demo.py")
+    c = apply_ablation(apply_overrides(module.base_config(), overrides), variant)
     c.seed = seed
     c.workdir = str(root / Path(config_file).stem / variant / f"seed{seed}")
     return c
@@ -116,27 +108,30 @@ def best_umap(run_dirs: list[Path], runs: list[dict], options: EvalOptions) -> t
     return adata.obsm["X_umap"], adata.obs["family"].astype(str).to_numpy(), score
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config", default="configs/demo.py", help="base config file (its get_config(variant))")
+    parser.add_argument("--config", default="configs/demo.py",
+                        help="config file with a base_config() (the experiment before its ablation switch)")
     parser.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=ABLATIONS)
     parser.add_argument("--seeds", type=int, default=3, help="trainings per variant (seeds 0..n-1)")
     parser.add_argument("--umap-seeds", type=int, default=5, help="UMAPs per training for the clustering score")
     parser.add_argument("--root", default="runs/ablation")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="config overrides for every run, e.g. train.max_epochs=6")
+                        help="overrides of the base config for every run (before the variant's switch), "
+                        "e.g. train.max_epochs=6")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     root = Path(args.root)
     options = EvalOptions(split="test", umap_seeds=args.umap_seeds, progress=not args.quiet)
 
     rows, panels, notes = [], [], []
     for variant in args.variants:
-        configs = [variant_config(args.config, variant, s, root, args.overrides) for s in range(args.seeds)]
-        if configs[0] is None:
-            notes.append(f"{variant}: does not apply to {args.config} (see its get_config)")
+        try:
+            configs = [variant_config(args.config, variant, s, root, args.overrides) for s in range(args.seeds)]
+        except ValueError as e:  # e.g. no distance channel in the yeast data: say so rather than invent a number
+            notes.append(f"{variant}: {e}")
             continue
         runs = []
         for c in configs:
@@ -158,6 +153,7 @@ def main() -> None:
         plot_atlas_panels(panels, out / "ablation_umaps.png")
     print(md)
     print(f"wrote {out / 'ablation.csv'}, {out / 'ablation.md'}, {out / 'ablation_umaps.png'}")
+    return table
 
 
 if __name__ == "__main__":

@@ -90,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="compute dtypes to trace")
     p.add_argument("--size", type=int, default=None, help="crop size (default: the config's synthetic size, else 100)")
     p.add_argument("--num-classes", type=int, default=None, help="proteins (default: the config's, else 1311)")
+    benchlib.add_set_arg(p)
     p.add_argument("--out", default=None, help="JSON file to write (a list, one record per dtype)")
     args = p.parse_args(argv)
-    results = [run(benchlib.set_dtype(benchlib.load_config(args.config), d), batch=args.batch, size=args.size,
+    results = [run(benchlib.set_dtype(benchlib.load_config(args.config, args.overrides), d), batch=args.batch, size=args.size,
                    num_classes=args.num_classes, label=args.config) for d in args.dtype]
     mib, gib = 2**20, 2**30
     rows = [[r["dtype"], *(r["residual_bytes_per_image"].get(d, 0) / mib for d in ("float32", "bfloat16")),
@@ -105,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run_cli(main)

@@ -27,6 +27,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from cytoself_jax.config import apply_overrides
+from cytoself_jax.models import ModelConfigError
+
 # The hardware limit used for "fraction of peak": the dense bf16 matrix rate measured on an H100 SXM
 # (BENCHMARKS-ANCHOR.md, ~790 TFLOP/s). It is the card's limit whatever the compute dtype, so fp32 runs are
 # measured against it too. The H200 has the same compute die. Elsewhere the peak is unknown (null) unless given.
@@ -41,8 +44,9 @@ class BenchError(ValueError):
     """A benchmark option or config that cannot be run, with the option named."""
 
 
-def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The ConfigDict returned by get_config() of an experiment config file (configs/*.py)."""
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The ConfigDict returned by get_config() of an experiment config file (configs/*.py), with `--set`
+    overrides ('dotted.field=value') applied."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"{path}: --config: expected an experiment config file (configs/*.py), not found")
@@ -51,7 +55,25 @@ def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise BenchError(f"{path}: get_config: expected the config file to define get_config()")
-    return module.get_config()
+    try:
+        return apply_overrides(module.get_config(), overrides)
+    except ValueError as e:
+        raise BenchError(f"{path}: {e}") from None
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a benchmark's main(); a bad option or config is one line on stderr (exit status 2), not a traceback."""
+    try:
+        main()
+    except (BenchError, ModelConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_set_arg(parser: argparse.ArgumentParser) -> None:
+    """--set FIELD=VALUE ...: config overrides, e.g. --set model.remat_decoders=True."""
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="config overrides, e.g. model.remat_decoders=True")
 
 
 def input_shape(config: ml_collections.ConfigDict, size: int | None, num_classes: int | None) -> tuple[tuple[int, int, int], int]:
@@ -272,6 +294,7 @@ def add_model_args(parser: argparse.ArgumentParser, batch: int | None, batch_hel
         parser.add_argument("--peak-tflops", type=float, default=None, help="hardware limit in TFLOP/s (default: "
                             "790 on H100/H200, else none)")
     parser.add_argument("--out", default=None, help="JSON file to write")
+    add_set_arg(parser)
 
 
 def check_steps(steps: int, warmup: int) -> None:

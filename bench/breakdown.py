@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     benchlib.add_model_args(parser, 8, "images per call (one device)", peak=False)
     args = parser.parse_args(argv)
-    config = benchlib.set_dtype(benchlib.load_config(args.config), args.dtype)
+    config = benchlib.set_dtype(benchlib.load_config(args.config, args.overrides), args.dtype)
     result = run(config, batch=args.batch, steps=args.steps, warmup=args.warmup, size=args.size,
                  num_classes=args.num_classes, label=args.config)
     g = 1e9
@@ -141,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run_cli(main)

@@ -58,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     benchlib.add_model_args(parser, 1024, "global batch")
     args = parser.parse_args(argv)
-    config = benchlib.set_dtype(benchlib.load_config(args.config), args.dtype)
+    config = benchlib.set_dtype(benchlib.load_config(args.config, args.overrides), args.dtype)
     batch = args.batch
     return benchlib.run_and_report("embed", "embed", run, config, batch, args)
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run_cli(main)

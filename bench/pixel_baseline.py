@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import benchlib
 from benchlib import load_config
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -64,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run_cli(main)

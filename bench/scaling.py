@@ -77,9 +77,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=5, help="timed steps after them")
     p.add_argument("--size", type=int, default=None, help="crop size (default: the config's)")
     p.add_argument("--num-classes", type=int, default=None, help="proteins (default: the config's)")
+    benchlib.add_set_arg(p)
     p.add_argument("--out", default=None, help="JSON file to write")
     args = p.parse_args(argv)
-    config = benchlib.set_dtype(benchlib.load_config(args.config), args.dtype)
+    config = benchlib.set_dtype(benchlib.load_config(args.config, args.overrides), args.dtype)
     result = run(config, batch=args.batch, device_counts=args.devices, check_steps=args.check_steps,
                  steps=args.steps, size=args.size, num_classes=args.num_classes, label=args.config)
     rows = [[r["devices"], result["batch"], r["per_device_batch"], r["images_per_s"], r["images_per_s_per_device"],
@@ -93,4 +94,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run_cli(main)

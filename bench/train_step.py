@@ -89,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     benchlib.add_model_args(parser, None, "global batch (default: config.train.batch_size)")
     args = parser.parse_args(argv)
-    config = benchlib.set_dtype(benchlib.load_config(args.config), args.dtype)
+    config = benchlib.set_dtype(benchlib.load_config(args.config, args.overrides), args.dtype)
     batch = args.batch or config.train.batch_size
     return benchlib.run_and_report("train_step", "train step", run, config, batch, args)
 
 
 if __name__ == "__main__":
-    main()
+    benchlib.run_cli(main)

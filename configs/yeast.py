@@ -8,19 +8,22 @@ The fiducial is a cytosol marker, not a nucleus, so there is no distance-transfo
 from cytoself_jax.config import apply_ablation, paper_config, small_model
 
 
-def get_config(variant: str = "full"):
-    """variant: one of cytoself_jax.config.ABLATIONS, given as --config=configs/yeast.py:no_split."""
-    if variant == "no_distance":
-        raise ValueError("configs/yeast.py: variant: 'no_distance' does not apply: the yeast fiducial is a cytosol "
-                         "marker with no distance-transform channel")
+def base_config():
+    """The experiment before any ablation switch (bench/ablation.py applies its overrides here)."""
     c = small_model(paper_config())
     c.data.channels = ("protein", "fiducial")
-    c = apply_ablation(c, variant)
-    c.workdir = "runs/yeast" if variant == "full" else f"runs/yeast_{variant}"
     c.data.path = "data/yeast"
     c.data.num_workers = 0
     c.train.batch_size = 32
     c.train.max_epochs = 30
     c.train.plateau_patience = 3
     c.train.early_stop_patience = 6
+    return c
+
+
+def get_config(variant: str = "full"):
+    """variant: one of cytoself_jax.config.ABLATIONS except 'no_distance' (no distance channel here), given as
+    --config=configs/yeast.py:no_split."""
+    c = apply_ablation(base_config(), variant)
+    c.workdir = "runs/yeast" if variant == "full" else f"runs/yeast_{variant}"
     return c

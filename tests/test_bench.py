@@ -1,6 +1,8 @@
 """The benchmarks in bench/ run end to end on a tiny config and write the JSON records they promise."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -175,3 +177,20 @@ def test_activation_memory_per_image_and_prediction(tiny_config_file, tmp_path):
     three.pop("params")
     for dtype, n in three.items():
         assert n == fp32["residual_bytes_fixed"][dtype] + 3 * fp32["residual_bytes_per_image"][dtype]
+
+
+def test_remat_decoders_keeps_fewer_activations(tiny_config_file):
+    plain, remat = (activation_memory.main(["--config", str(tiny_config_file), "--batch", "8", "--dtype", "float32",
+                                            *TINY, "--set", f"model.remat_decoders={on}"])[0] for on in (False, True))
+    per_image = [sum(r["residual_bytes_per_image"].values()) for r in (plain, remat)]
+    assert per_image[1] < 0.7 * per_image[0], per_image
+    assert plain["param_bytes"] == remat["param_bytes"]
+
+
+def test_a_bad_override_is_one_line(tiny_config_file):
+    done = subprocess.run([sys.executable, str(BENCH / "activation_memory.py"), "--config", str(tiny_config_file),
+                           "--set", "model.nope=1"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(BENCH.parent / "tests")})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tiny_config_file}: --set model.nope=1: the config has no "
+                                                "field 'model.nope'"]

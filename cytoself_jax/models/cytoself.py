@@ -40,19 +40,22 @@ MODEL_FIELDS = (
     "decoder_global_features",
     "decoder_local_features",
     "residual_units",
+    "remat_decoders",
     "heads",
     "head_hidden",
     "head_dropout",
 )
+# Fields added after runs were first saved: a run's config.json without one gets this default.
+_MODEL_FIELD_DEFAULTS = {"remat_decoders": False}
 _ENCODER_FIELDS = ("stem_features", "stem_stride", "stages")
 _VQ_FIELDS = ("num_codes", "code_dim", "num_splits")
 _PREFIX = "config.model"
 
 
-def _check_fields(cfg: Mapping[str, Any], path: str, expected: Sequence[str]) -> None:
+def _check_fields(cfg: Mapping[str, Any], path: str, expected: Sequence[str], optional: Sequence[str] = ()) -> None:
     keys = set(cfg.keys())
     for field in expected:
-        if field not in keys:
+        if field not in keys and field not in optional:
             raise ModelConfigError(f"{path}.{field}: missing (expected the fields {', '.join(expected)})")
     for field in sorted(keys - set(expected)):
         raise ModelConfigError(f"{path}.{field}: unknown field (expected only {', '.join(expected)})")
@@ -158,6 +161,7 @@ class ModelSpec:
     decoder_global_features: tuple[int, ...]
     decoder_local_features: tuple[int, ...]
     residual_units: int
+    remat_decoders: bool
     heads: tuple[str, ...]
     head_hidden: int
     head_dropout: float
@@ -167,7 +171,8 @@ class ModelSpec:
         """Validate config.model (an ml_collections.ConfigDict, or any mapping with the same fields) for images
         of image_shape (H, W, C) and num_classes protein ids; raises ModelConfigError naming the bad field."""
         p = _PREFIX
-        _check_fields(model_cfg, p, MODEL_FIELDS)
+        _check_fields(model_cfg, p, MODEL_FIELDS, optional=tuple(_MODEL_FIELD_DEFAULTS))
+        model_cfg = {**_MODEL_FIELD_DEFAULTS, **model_cfg}
         shape = _int_tuple(image_shape, "image_shape")
         if len(shape) != 3:
             raise ModelConfigError(f"image_shape: expected (height, width, channels), got {tuple(image_shape)!r}")
@@ -179,8 +184,9 @@ class ModelSpec:
             raise ModelConfigError(f"{p}.heads: expected a subset of {LEVELS}, got {heads!r}")
         if len(set(heads)) != len(heads):
             raise ModelConfigError(f"{p}.heads: expected each level at most once, got {tuple(heads)!r}")
-        if not isinstance(model_cfg["vq_ema"], bool):
-            raise ModelConfigError(f"{p}.vq_ema: expected True or False, got {model_cfg['vq_ema']!r}")
+        for flag in ("vq_ema", "remat_decoders"):
+            if not isinstance(model_cfg[flag], bool):
+                raise ModelConfigError(f"{p}.{flag}: expected True or False, got {model_cfg[flag]!r}")
         spec = cls(
             image_shape=shape,
             num_classes=_int(num_classes, "num_classes"),
@@ -197,6 +203,7 @@ class ModelSpec:
             decoder_global_features=_int_tuple(model_cfg["decoder_global_features"], f"{p}.decoder_global_features"),
             decoder_local_features=_int_tuple(model_cfg["decoder_local_features"], f"{p}.decoder_local_features"),
             residual_units=_int(model_cfg["residual_units"], f"{p}.residual_units", minimum=0),
+            remat_decoders=model_cfg["remat_decoders"],
             heads=tuple(heads),
             head_hidden=_int(model_cfg["head_hidden"], f"{p}.head_hidden"),
             head_dropout=_float(model_cfg["head_dropout"], f"{p}.head_dropout", 0.0, 1.0),
@@ -285,6 +292,7 @@ class CytoselfModel(nn.Module):
             sizes=s.global_sizes[-2::-1],
             features=(*s.decoder_global_features, s.vq_local.width),
             residual_units=s.residual_units,
+            remat=s.remat_decoders,
             dtype=dtype,
         )
         self.decoder_local = Decoder(
@@ -292,6 +300,7 @@ class CytoselfModel(nn.Module):
             features=s.decoder_local_features,
             out_features=s.image_shape[2],
             residual_units=s.residual_units,
+            remat=s.remat_decoders,
             dtype=dtype,
         )
         self.heads = {level: ClassifierHead(s.num_classes, s.head_hidden, s.head_dropout, dtype=dtype) for level in s.heads}

@@ -45,20 +45,29 @@ class DecoderBlock(nn.Module):
 
 class Decoder(nn.Module):
     """DecoderBlocks to sizes[i] with features[i] channels, then, when out_features is set, a linear 3x3 conv
-    (with bias) to out_features channels. (B, h, w, C) -> (B, *sizes[-1], out_features or features[-1])."""
+    (with bias) to out_features channels. (B, h, w, C) -> (B, *sizes[-1], out_features or features[-1]).
+
+    remat: keep only each block's convolution outputs for the backward pass and recompute the rest (upsampling,
+    BatchNorm, SiLU): the same FLOPs in the convolutions, a fraction of the activation memory. Same parameters.
+    """
 
     sizes: Sequence[tuple[int, int]]
     features: Sequence[int]
     out_features: Optional[int] = None
     residual_units: int = 2
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if len(self.sizes) != len(self.features):
             raise ModelConfigError(f"Decoder: features: expected {len(self.sizes)} entries (one per size), got {self.features}")
+        # static_argnums counts self: 2 is `train`, a Python bool that selects the BatchNorm mode
+        block = DecoderBlock
+        if self.remat:
+            block = nn.remat(DecoderBlock, static_argnums=(2,), policy=jax.checkpoint_policies.dots_saveable)
         for i, (size, features) in enumerate(zip(self.sizes, self.features)):
-            x = DecoderBlock(tuple(size), features, self.residual_units, dtype=self.dtype, name=f"block{i}")(x, train)
+            x = block(tuple(size), features, self.residual_units, dtype=self.dtype, name=f"block{i}")(x, train)
         if self.out_features is not None:
             x = nn.Conv(self.out_features, (3, 3), padding="SAME", dtype=self.dtype, name="out")(x)
         return x

@@ -42,8 +42,10 @@ class EpochProgress:
         self.bar = tqdm(total=images, unit="img", unit_scale=True, desc=f"epoch {epoch + 1}/{max_epochs}",
                         disable=disable, dynamic_ncols=True)
         self.start = time.perf_counter()
+        self.images = 0  # counted here: a disabled tqdm bar counts nothing
 
     def update(self, images: int, loss: float | None = None) -> None:
+        self.images += images
         self.bar.update(images)
         if loss is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -52,4 +54,4 @@ class EpochProgress:
         """Close the bar; returns images/s over the epoch."""
         self.bar.close()
         elapsed = time.perf_counter() - self.start
-        return self.bar.n / elapsed if elapsed > 0 else 0.0
+        return self.images / elapsed if elapsed > 0 else 0.0
