@@ -307,6 +307,15 @@ def test_missing_config_field_is_named():
         ModelSpec.from_config(cfg, (100, 100, 2), 10)
 
 
+def test_a_run_saved_before_remat_decoders_existed_loads_with_it_off():
+    cfg = paper_config().model.to_dict()
+    del cfg["remat_decoders"]
+    assert ModelSpec.from_config(cfg, (100, 100, 2), 10).remat_decoders is False
+    cfg["remat_decoders"] = 1
+    with pytest.raises(ModelConfigError, match=r"config\.model\.remat_decoders: expected True or False"):
+        ModelSpec.from_config(cfg, (100, 100, 2), 10)
+
+
 def test_module_dtype_fields_reach_every_layer():
     """Every layer of the bfloat16 model computes in bfloat16 (except the quantizers and float32 logits)."""
     model = make_model(tiny_model_cfg(dtype="bfloat16"), (32, 32, 2))

@@ -178,6 +178,13 @@ def test_resume_refuses_a_different_model(tmp_path, tiny_store_path):
     train(config, progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, progress=False)
+    # a memory switch may be flipped on resume, and a run saved before the switch existed resumes too
+    config.model.remat_decoders = True
+    assert int(train(config, resume=True, progress=False).state.step) > 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    del saved["model"]["remat_decoders"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    assert int(train(config, resume=True, progress=False).state.step) > 0
     config.model.head_hidden = 32
     with pytest.raises(ValueError, match="model"):
         train(config, resume=True, progress=False)

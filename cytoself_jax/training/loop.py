@@ -35,6 +35,9 @@ _PLOT_EVERY_S = 60.0
 
 # Config fields that must not change when a run is resumed: they change the model or what it learns from.
 _RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "data.split_seed", "seed")
+# Memory switches inside those that change neither the parameters nor the results: a run may resume with them
+# flipped, and a run saved before they existed has none.
+_RESUME_FREE = {"model": ("remat_decoders",)}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,6 +75,9 @@ def _check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Co
         a, b = json.loads(ml_collections.ConfigDict({"v": _get(saved, field)}).to_json()), json.loads(
             ml_collections.ConfigDict({"v": _get(config, field)}).to_json()
         )
+        for free in _RESUME_FREE.get(field, ()):
+            a["v"].pop(free, None)
+            b["v"].pop(free, None)
         if a != b:
             raise ValueError(
                 f"{run_dir / 'config.json'}: {field}: a run can only be resumed with the config it started with "
