@@ -145,6 +145,8 @@ def plot_family_proteins(coords, families, proteins, family: str, path: str | Pa
     _scatter_legend(ax, legend, f"{family}: protein (crops)")
     _finish_axes(ax, f"{family}: {len(names)} proteins, {np.sum(in_family)} crops" + (" (zoomed)" if zoom else ""))
     if zoom:
+        # equal aspect by changing the data limits would undo the zoom: change the box instead
+        ax.set_aspect("equal", adjustable="box")
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     return save_figure(fig, path, svg=svg)
