@@ -66,7 +66,7 @@ def test_a_tiny_study_writes_its_table_and_is_not_redone(tmp_path, tiny_store_pa
     md = (out / "ablation.md").read_text()
     assert "| full | 1 |" in md and "| no_identification | 1 |" in md
     # the variant really trained without heads: its metrics have no classifier accuracy
-    metrics = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed0/eval/test/metrics.json"))]
+    metrics = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed0/eval/test-latest/metrics.json"))]
     assert len(metrics) == 2 and table.loc[1, "classifier top-1 (global)"] == "n/a" != table.loc[0, "classifier top-1 (global)"]
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "ablation" not in p.name}
     again = ablation.main(argv)

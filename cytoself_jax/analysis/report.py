@@ -42,7 +42,7 @@ class EvalOptions:
 
     split: str = "test"  # train, val, test (held out by the run's split settings) or all
     data: str = ""  # crop store to evaluate; '' = the run's own (dataset.json 'store')
-    out: str = ""  # output folder; '' = RUN_DIR/eval/<split> (<split>-random-init with random_init)
+    out: str = ""  # output folder; '' = RUN_DIR/eval/<split>[-latest|-random-init] (default_out_dir)
     which: str = "best"  # checkpoint: best (validation) or latest
     random_init: bool = False  # evaluate the untrained model of the run's config (a floor for every metric)
     batch_size: int = 0  # global eval batch; 0 = config.train.eval_batch_size
@@ -107,8 +107,9 @@ def _open_compatible_store(path: Path, run_dir: Path, info: dict) -> CropStore:
 
 
 def default_out_dir(run_dir: Path, options: EvalOptions) -> Path:
-    """RUN_DIR/eval/<split>, or <split>-random-init for the untrained floor."""
-    return Path(run_dir) / "eval" / (options.split + ("-random-init" if options.random_init else ""))
+    """RUN_DIR/eval/<split> (best checkpoint), <split>-latest (latest) or <split>-random-init (untrained floor)."""
+    suffix = "-random-init" if options.random_init else ("-latest" if options.which == "latest" else "")
+    return Path(run_dir) / "eval" / (options.split + suffix)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
