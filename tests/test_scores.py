@@ -195,3 +195,13 @@ def test_average_precision_hand_example_and_ties():
         scores.average_precision(np.zeros((3, 2)), ["a", "a", "b"])
     with pytest.raises(AnalysisInputError, match=r"average_precision: metric: expected one of"):
         scores.average_precision(x, list("aaba"), metric="manhattan")
+
+
+def test_progress_bars_can_be_switched_off(capsys):
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(40, 3)), np.repeat(["a", "b"], 20)
+    for progress in (True, False):
+        scores.mean_average_precision(x, labels, progress=progress)
+        scores.knn_accuracy(x, labels, x, labels, k=3, progress=progress)
+        err = capsys.readouterr().err
+        assert ("average precision" in err and "kNN" in err) if progress else err == ""

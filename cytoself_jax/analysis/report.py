@@ -223,7 +223,8 @@ def _scores(o: EvalOptions, ev: SplitOutputs, table: pd.DataFrame, class_ids: np
 
     if train is not None:
         k = min(o.knn_k, len(train))
-        top1, top5 = scores.knn_accuracy(train.global_vectors, train_proteins, x, proteins, k=k)
+        top1, top5 = scores.knn_accuracy(train.global_vectors, train_proteins, x, proteins, k=k,
+                                          progress=o.progress)
         m["knn"] = {"top1": top1, "top5": top5, "k": k, "metric": "euclidean", "train_crops": int(len(train))}
     else:
         m["knn"] = None
@@ -235,7 +236,7 @@ def _scores(o: EvalOptions, ev: SplitOutputs, table: pd.DataFrame, class_ids: np
     umap_kw = dict(n_neighbors=n_neighbors, min_dist=o.umap_min_dist, metric=o.umap_metric)
     seeds = list(range(o.seed, o.seed + o.umap_seeds))
     if _has_classes(families):
-        values, coords = scores.umap_clustering_scores(x, families, seeds=seeds, **umap_kw)
+        values, coords = scores.umap_clustering_scores(x, families, seeds=seeds, progress=o.progress, **umap_kw)
         best = int(np.argmax(values))
         m["clustering_score"] = {
             "umap": {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
@@ -257,9 +258,10 @@ def _scores(o: EvalOptions, ev: SplitOutputs, table: pd.DataFrame, class_ids: np
     annotated = ~np.isin(fs, NON_CLASSES)
     by_protein, by_family = _shared_label(ps), _shared_label(fs[annotated]) and _has_classes(fs[annotated])
     m["map"] = {
-        "protein": scores.mean_average_precision(xs, ps) if by_protein else None,
+        "protein": scores.mean_average_precision(xs, ps, progress=o.progress) if by_protein else None,
         "chance_protein": _chance_map(ps) if by_protein else None,
-        "family": scores.mean_average_precision(xs[annotated], fs[annotated]) if by_family else None,
+        "family": (scores.mean_average_precision(xs[annotated], fs[annotated], progress=o.progress) if by_family
+                   else None),
         "chance_family": _chance_map(fs[annotated]) if by_family else None,
         "crops": int(len(sample)), "subsampled": bool(len(sample) < len(x)), "seed": o.seed, "metric": "cosine",
     }

@@ -59,6 +59,7 @@ def umap_clustering_scores(
     min_dist: float = 0.1,
     metric: str = "euclidean",
     exclude: Sequence[str] = NON_CLASSES,
+    progress: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Clustering score of one 2-D UMAP per seed of embeddings (N, ...) (flattened per row), all N points embedded.
 
@@ -70,7 +71,7 @@ def umap_clustering_scores(
     embeddings = as_matrix(embeddings, "umap_clustering_scores", "embeddings", flatten=True, min_rows=3)
     labels = as_labels(labels, len(embeddings), "umap_clustering_scores", "labels")
     scores, coords = [], []
-    for seed in tqdm(list(seeds), desc="UMAP clustering scores", unit="umap"):
+    for seed in tqdm(list(seeds), desc="UMAP clustering scores", unit="umap", disable=not progress):
         xy = compute_umap(embeddings, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric)
         scores.append(clustering_score(xy, labels, exclude))
         coords.append(xy)
@@ -106,7 +107,7 @@ def _pessimistic_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def knn_accuracy(
     train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
-    batch_size: int = 4096,
+    batch_size: int = 4096, progress: bool = True,
 ) -> tuple[float, float]:
     """Top-1 and top-5 accuracy of a k-nearest-neighbour vote: each test embedding (flattened) gets the labels of
     its k nearest train embeddings; classes are ranked by vote count (ties counted against, see classifier_topk).
@@ -128,7 +129,7 @@ def knn_accuracy(
 
     index = NearestNeighbors(n_neighbors=k, metric=metric).fit(train)
     ranks = []
-    for start in tqdm(range(0, len(test), batch_size), desc="kNN", unit="batch", leave=False):
+    for start in tqdm(range(0, len(test), batch_size), desc="kNN", unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, len(test))
         neighbours = index.kneighbors(test[start:stop], return_distance=False)
         votes = np.zeros((stop - start, len(classes)))
@@ -138,7 +139,8 @@ def knn_accuracy(
     return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
 
 
-def average_precision(embeddings, labels, metric: str = "cosine", block_rows: int | None = None) -> np.ndarray:
+def average_precision(embeddings, labels, metric: str = "cosine", block_rows: int | None = None,
+                      progress: bool = True) -> np.ndarray:
     """Retrieval average precision of each embedding (N, ...) (flattened) as a query against all others.
 
     Positives are the other rows with the same label, negatives all rows with another label; the rest of the
@@ -163,7 +165,7 @@ def average_precision(embeddings, labels, metric: str = "cosine", block_rows: in
     n = len(x)
     block = block_rows or max(1, min(n, 2**23 // n))  # ~8M similarities per block: a few 64 MB temporaries
     out = np.full(n, np.nan)
-    for start in tqdm(range(0, n, block), desc="average precision", unit="block", leave=False):
+    for start in tqdm(range(0, n, block), desc="average precision", unit="block", leave=False, disable=not progress):
         rows = np.arange(start, min(start + block, n))
         dots = x[rows] @ x.T
         sims = dots if metric == "cosine" else -np.sqrt(np.maximum(sq[rows, None] + sq[None] - 2 * dots, 0.0))
@@ -192,11 +194,11 @@ def _ap_rows(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
         return np.where(n_pos > 0, np.sum(precision * pos, axis=1) / n_pos, np.nan)
 
 
-def mean_average_precision(embeddings, labels, metric: str = "cosine") -> float:
+def mean_average_precision(embeddings, labels, metric: str = "cosine", progress: bool = True) -> float:
     """Mean average precision: AP per query (see average_precision), averaged within each label (copairs'
     per-group mAP), then over labels, so large classes do not dominate. Queries without positives are skipped."""
     labels = as_labels(labels, len(np.asarray(embeddings)), "mean_average_precision", "labels")
-    ap = average_precision(embeddings, labels, metric)
+    ap = average_precision(embeddings, labels, metric, progress=progress)
     valid = ~np.isnan(ap)
     if not np.any(valid):
         raise fail("mean_average_precision", "labels", "expected at least one label shared by two rows")
