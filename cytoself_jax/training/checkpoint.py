@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cytoself_jax.training.state import TrainState
+
+# In the name of orbax's folder for a save not yet renamed to its final name (atomic commit by rename).
+_ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 @dataclasses.dataclass
@@ -68,7 +72,12 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, clean_tmp: bool = False):
         self.root = Path(run_dir).absolute() / "checkpoints"
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, cleanup_tmp_directories=clean_tmp)
+        if clean_tmp:
+            # Done here, synchronously: orbax's own cleanup option runs in the background and is only awaited by
+            # the next save, so a folder could outlive the constructor.
+            for tmp in self.root.glob(f"*/*{_ORBAX_TMP_MARK}*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False)
         self._managers = {
             name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
             for name in ("latest", "best")
