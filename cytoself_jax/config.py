@@ -127,9 +127,7 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: Sequence[str]) -> m
         node = c
         *parents, leaf = key.split(".")
         for part in parents:
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise ValueError(f"--set {item}: the config has no field {key!r}")
-            node = node[part]
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
             raise ValueError(f"--set {item}: the config has no field {key!r}")
         try:
