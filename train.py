@@ -1,13 +1,16 @@
 """Train cytoself: python train.py --config=configs/full.py [--config.some.field=value] [--resume].
 
 Bad input ends the program with one line on stderr, 'error: <file or flag>: <field>: <what was expected>', and
-exit status 2 (command line) or 1 (data, config values, training failures).
+exit status 2 (command line) or 1 (data, config values, training failures). Ctrl-C (status 130) and SIGTERM, how
+clusters preempt jobs (status 143), stop the run cleanly: a checkpoint save in progress completes, and the last line
+says which checkpoint --resume continues from (the epoch in progress is trained again).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
 
 from absl import app, flags
@@ -20,6 +23,15 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host: call jax.distributed.initialize() first (coordinator, process count and id from the cluster "
     "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (not an Exception: nothing catches it
+    by mistake)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _usage_error(message: str) -> None:
@@ -61,18 +73,23 @@ def main(argv: list[str]) -> None:
     # orbax and grain log every checkpoint step at INFO through absl; keep the console for our own progress
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
-    from cytoself_jax.training.loop import NonFiniteLossError, train
+    from cytoself_jax.training.checkpoint import describe_latest
+    from cytoself_jax.training.loop import NonFiniteLossError, RunStoppedError, train
 
     if _DISTRIBUTED.value:
         import jax
 
         jax.distributed.initialize()  # before any other JAX call: the mesh then spans every host's devices
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         result = train(_CONFIG.value, resume=_RESUME.value)
-    except (ValueError, OSError, NonFiniteLossError) as e:  # our input checks raise ValueError subclasses
+    except (ValueError, OSError, NonFiniteLossError, RunStoppedError) as e:  # input checks raise ValueError subclasses
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: the latest checkpoint is complete; continue with --resume")
+    except (KeyboardInterrupt, _Terminated) as e:  # train() has completed the checkpoint save in progress
+        terminated = isinstance(e, _Terminated)
+        print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {describe_latest(_CONFIG.value.workdir)}",
+              file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     print(f"{result.loop.stop_reason}. best epoch {result.loop.best_epoch} "
           f"(val loss {result.loop.best_val_loss:.4f}); run directory: {result.run_dir}")
 

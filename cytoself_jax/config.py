@@ -29,9 +29,10 @@ def paper_config() -> ml_collections.ConfigDict:
     c.data.allow_single_field = False
     c.data.num_workers = 4
     c.data.prefetch = 4
-    # When set (>0 proteins) and data.path holds no store yet, train.py draws the built-in synthetic data there.
+    # When set (>0 proteins), train.py draws the built-in synthetic data into `path` if that folder does not exist
+    # yet; data.path must name the same folder (a mistyped data.path is refused, never drawn into).
     c.data.synthetic = ml_collections.ConfigDict(
-        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0)
+        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0, path="")
     )
 
     c.model = ml_collections.ConfigDict()

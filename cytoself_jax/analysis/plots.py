@@ -5,7 +5,6 @@ goes through the Agg canvas. Dense artists (scatter, images) are rasterized so t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -16,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cytoself_jax.analysis.common import fail
+from cytoself_jax.jsonio import JsonFileError, read_json_lines
 
 GREY = (0.78, 0.78, 0.78, 1.0)
 # Distinct colours first (tab10, then the light tab20 partners, then tab20b/c): a fixed order, so a family keeps
@@ -103,13 +103,10 @@ def read_metrics(metrics: str | Path | Iterable[Mapping]) -> list[dict]:
         path = Path(metrics)
         if not path.is_file():
             raise fail("read_metrics", str(path), "expected a metrics.jsonl file, found none")
-        records = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise fail("read_metrics", f"{path}: line {number}", f"expected one JSON object ({err.msg})")
+        try:
+            records = read_json_lines(path)  # a partial last line (a run stopped mid-append) is dropped
+        except JsonFileError as err:
+            raise fail("read_metrics", str(path), str(err).removeprefix(f"{path}: ")) from None
     else:
         records = [dict(r) for r in metrics]
     for r in records:

@@ -89,7 +89,9 @@ def _check_checkpoint(run_dir: Path, which: str) -> None:
     # Checked here rather than by opening orbax, which would create empty checkpoint folders in the run.
     folder = run_dir / "checkpoints" / which
     if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
-        raise EvalError(f"{folder}: no complete '{which}' checkpoint: train first (or pass --random_init)")
+        other = "--which best" if which == "latest" else "--which latest"
+        raise EvalError(f"{folder}: no complete '{which}' checkpoint: train first, evaluate the other checkpoint "
+                        f"with {other}, or pass --random_init")
 
 
 def _open_compatible_store(path: Path, run_dir: Path, info: dict) -> CropStore:

@@ -3,7 +3,8 @@
 Layout (see docs/DESIGN.md, "The crop store"):
 - ``crops.npy``: one array ``(N, H, W, C)`` of raw intensities (uint8, uint16, float16 or float32), memory-mapped.
 - ``crops.csv``: one row per crop in array order; columns ``protein``, ``fov`` (required, non-empty),
-  ``family`` and ``source`` (optional, may be empty).
+  ``family`` and ``source`` (optional, may be empty). Surrounding whitespace of protein, fov and family is stripped
+  (with a warning) when a table is written or read.
 - ``store.json``: ``{"format": "cytoself-jax-crops", "version": 1, "channels": [...], "shape": [...], "dtype": ...}``.
 
 Writing goes through a temporary sibling directory renamed into place, so a crash never leaves a half-written
@@ -11,10 +12,12 @@ store at the final path.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -66,6 +69,15 @@ def _check_table(table: pd.DataFrame, num_crops: int, where: Path | str) -> pd.D
             table[column] = ""
     for column in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         table[column] = table[column].fillna("").astype(str)
+    for column in ("protein", "fov", "family"):
+        # 'ACTB ' and 'ACTB' are one protein: surrounding whitespace (a spreadsheet's, a typo's) never names a class
+        stripped = table[column].str.strip()
+        changed = np.flatnonzero(stripped.to_numpy() != table[column].to_numpy())
+        if changed.size:
+            warnings.warn(f"{where}: {column}: stripped the surrounding whitespace of {changed.size} value(s) (row "
+                          f"{int(changed[0])}: {table[column].iloc[changed[0]]!r}), so that equal names are one class",
+                          stacklevel=3)
+            table[column] = stripped
     for column in REQUIRED_COLUMNS:
         empty = np.flatnonzero(table[column].str.strip().to_numpy() == "")
         if empty.size:
@@ -121,7 +133,9 @@ def open_store(path: str | os.PathLike) -> CropStore:
     """Open and validate the crop store at ``path``; raises StoreError (one line: file, field, what) otherwise."""
     path = Path(path)
     if not path.is_dir():
-        raise _fail(path, "store", "expected a crop store directory, found " + ("a file" if path.exists() else "nothing"))
+        raise _fail(path, "store", "expected a crop store directory, found " + ("a file" if path.exists() else "nothing")
+                    + "; check the path, or make a store with python -m cytoself_jax.prepare (microscope fields) or "
+                      "python -m cytoself_jax.import_crops (ready crops)")
     if not any((path / name).exists() for name in (META_FILE, IMAGES_FILE, TABLE_FILE)):
         raise _fail(path, "store", f"expected a crop store directory ({META_FILE}, {IMAGES_FILE}, {TABLE_FILE}), "
                                    "found a folder without them (make one with python -m cytoself_jax.import_crops)")
@@ -261,18 +275,24 @@ def check_pixels(store: CropStore | StoreWriter, *, chunk: int = 4096, progress:
     """Rows (sorted int64) holding a NaN/inf pixel or whose protein channel is constant; scans ``chunk`` crops at
     a time so a memmapped store never loads whole."""
     images, protein = store.images, store.channels.index("protein")
-    floating = np.issubdtype(images.dtype, np.floating)
     bad = []
     for start in tqdm(range(0, images.shape[0], chunk), desc="checking pixels", unit="chunk", disable=not progress):
         block = np.asarray(images[start:start + chunk])
-        flat = block.reshape(block.shape[0], -1, block.shape[-1])
-        is_bad = np.zeros(block.shape[0], dtype=bool)
-        if floating:
-            is_bad |= ~np.isfinite(flat).all(axis=(1, 2))
-        prot = flat[..., protein]
-        is_bad |= prot.min(axis=1) == prot.max(axis=1)
-        bad.append(start + np.flatnonzero(is_bad))
+        bad.append(start + np.flatnonzero(non_finite_crops(block) | blank_crops(block, protein)))
     return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
+
+
+def non_finite_crops(images: np.ndarray) -> np.ndarray:
+    """(N,) bool: which crops of ``images`` (N, H, W, C) hold a NaN or infinite pixel in any channel."""
+    if not np.issubdtype(images.dtype, np.floating):
+        return np.zeros(images.shape[0], dtype=bool)
+    return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+
+
+def blank_crops(images: np.ndarray, protein: int) -> np.ndarray:
+    """(N,) bool: which crops of ``images`` (N, H, W, C) have a constant protein channel (index ``protein``)."""
+    plane = images[..., protein].reshape(images.shape[0], -1)
+    return plane.min(axis=1) == plane.max(axis=1)
 
 
 def _array_stamp(path: Path) -> dict:
@@ -312,3 +332,28 @@ def _describe_rows(store: CropStore, rows: np.ndarray) -> str:
         where = f"source {entry['source']}" if entry["source"] else f"protein {entry['protein']}, fov {entry['fov']}"
         parts.append(f"row {int(row)} ({what}; {where})")
     return ", ".join(parts)
+
+
+def fingerprint(store: CropStore, samples: int = 64) -> dict:
+    """A cheap identity of a store's contents, to tell whether a run's store changed: shape, dtype, channels, a
+    SHA-256 of the table's protein and fov columns (the labels and the split) and one of the pixels of `samples`
+    evenly spaced crops (reads those crops only, never the whole array)."""
+    rows = np.unique(np.linspace(0, len(store) - 1, min(samples, len(store))).round().astype(np.int64))
+    pixels = hashlib.sha256()
+    for row in rows:
+        pixels.update(np.ascontiguousarray(store.images[row]).tobytes())
+    table = hashlib.sha256("\n".join(store.table["protein"] + "\t" + store.table["fov"]).encode())
+    return {"shape": [len(store), *store.image_shape], "dtype": str(store.images.dtype),
+            "channels": list(store.channels), "table_sha256": table.hexdigest(), "pixels_sha256": pixels.hexdigest(),
+            "pixel_rows_sampled": int(rows.size)}
+
+
+def fingerprint_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two fingerprints, in words ('shape [96, 32, 32, 3] -> [120, 32, 32, 3]', 'pixels',
+    ...); empty when they match."""
+    out = [f"{key} {saved.get(key)} -> {now[key]}" for key in ("shape", "dtype", "channels") if saved.get(key) != now[key]]
+    if saved.get("table_sha256") != now["table_sha256"]:
+        out.append(f"proteins or fields of view ({TABLE_FILE})")
+    if saved.get("shape") == now["shape"] and saved.get("pixels_sha256") != now["pixels_sha256"]:
+        out.append(f"pixels ({IMAGES_FILE})")
+    return out

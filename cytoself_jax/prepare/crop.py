@@ -6,7 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cytoself_jax.data.store import blank_crops, non_finite_crops
+
 REJECT_EDGE = "edge"
+# Crops training would refuse (docs/DESIGN.md, the crop store): a NaN/inf pixel, or a constant protein channel.
+REJECT_NON_FINITE, REJECT_BLANK = "non_finite", "blank"
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,17 @@ def crop_nuclei(image: np.ndarray, labels: np.ndarray, size: int) -> Crops:
     rejected = tuple((float(c[0]), float(c[1]), int(a), REJECT_EDGE) for c, a in zip(centres[~inside], areas[~inside]))
     return Crops(images=images, rows=rows[inside].astype(np.int32), cols=cols[inside].astype(np.int32),
                  areas=areas[inside].astype(np.int32), rejected=rejected)
+
+
+def drop_unusable(crops: Crops, protein: int) -> Crops:
+    """``crops`` without those holding a NaN/inf pixel or whose protein channel (index ``protein``) is constant
+    (blank); they join ``rejected`` with reason "non_finite" or "blank"."""
+    non_finite = non_finite_crops(crops.images)
+    bad = non_finite | blank_crops(crops.images, protein)
+    if not bad.any():
+        return crops
+    rejected = tuple((float(r), float(c), int(a), REJECT_NON_FINITE if nf else REJECT_BLANK)
+                     for r, c, a, nf in zip(crops.rows[bad], crops.cols[bad], crops.areas[bad], non_finite[bad]))
+    keep = ~bad
+    return Crops(images=crops.images[keep], rows=crops.rows[keep], cols=crops.cols[keep], areas=crops.areas[keep],
+                 rejected=crops.rejected + rejected)

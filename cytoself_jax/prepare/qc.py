@@ -1,7 +1,8 @@
 """The QC report of a preparation run, in ``OUT/qc/``:
 
 - ``fields.csv``: one row per field: status (ok, no_nuclei, no_crops, error), nuclei found, crops written,
-  nuclei rejected per reason (edge, too_small, dim), whether it was resumed from an earlier run, the error;
+  nuclei rejected per reason (edge, too_small, dim; non_finite: a NaN/inf pixel in the crop; blank: a constant
+  protein channel, which training refuses), whether it was resumed from an earlier run, the error;
 - ``proteins.csv``: per protein: family, fields, fields with crops, nuclei, crops;
 - ``rejected.csv``: every rejected nucleus: field, position (row, col px), area (px), reason;
 - ``errors.csv``: every input that gave no result: files that match no pattern and fields that failed to read
@@ -23,10 +24,10 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cytoself_jax.data.store import CropStore
-from cytoself_jax.prepare.crop import REJECT_EDGE
+from cytoself_jax.prepare.crop import REJECT_BLANK, REJECT_EDGE, REJECT_NON_FINITE
 from cytoself_jax.prepare.segment import REJECT_DIM, REJECT_SMALL
 
-REASONS = (REJECT_EDGE, REJECT_SMALL, REJECT_DIM)
+REASONS = (REJECT_EDGE, REJECT_SMALL, REJECT_DIM, REJECT_NON_FINITE, REJECT_BLANK)
 OUTLINE, CENTRE = (1.0, 0.85, 0.0), (1.0, 0.15, 0.15)
 
 

@@ -28,9 +28,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cytoself_jax.data.store import CropStore, create_store
-from cytoself_jax.prepare.crop import crop_nuclei
+from cytoself_jax.prepare.crop import crop_nuclei, drop_unusable
 from cytoself_jax.prepare.distance import signed_distance
-from cytoself_jax.prepare.io import FieldSpec, InputError, read_field
+from cytoself_jax.prepare.io import FieldError, FieldSpec, InputError, read_field
 from cytoself_jax.prepare.segment import SegmentParams, segment_nuclei
 
 CHANNELS = ("protein", "nucleus", "distance")
@@ -57,6 +57,9 @@ class PrepareSettings:
         if min(self.protein_channel, self.nucleus_channel) < 0:
             raise PrepareError(f"--protein-channel/--nucleus-channel: expected indices >= 0, found "
                                f"{self.protein_channel}, {self.nucleus_channel}")
+        if self.protein_channel == self.nucleus_channel:
+            raise PrepareError(f"--protein-channel/--nucleus-channel: expected two different channels, found "
+                               f"{self.protein_channel} for both; give the nuclear stain's channel index")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +113,13 @@ def _summary_from_file(path: Path, spec: FieldSpec, resumed: bool) -> FieldSumma
 def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.ndarray]:
     """Read, project, segment and crop one field; returns the arrays of its work file."""
     fov = read_field(spec.path, settings.protein_channel, settings.nucleus_channel, settings.axes)
+    for name, plane in (("protein", fov.protein), ("nucleus", fov.nucleus)):
+        # the store holds float32: larger finite values would silently become infinity there
+        finite = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane[:0]
+        peak = float(np.abs(finite).max(initial=0.0))
+        if peak > np.finfo(np.float32).max:
+            raise FieldError(f"{name} channel: values up to {peak:.3g} exceed the float32 range of the store "
+                             f"(max {np.finfo(np.float32).max:.3g}); rescale the images")
     segmentation = segment_nuclei(fov.nucleus, settings.segment)
     labels = segmentation.labels
     rejected = list(segmentation.rejected)
@@ -117,7 +127,7 @@ def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.nd
     if labels.max() > 0:
         distance = signed_distance(labels > 0)
         image = np.stack([fov.protein.astype(np.float32), fov.nucleus.astype(np.float32), distance], axis=-1)
-        crops = crop_nuclei(image, labels, size)
+        crops = drop_unusable(crop_nuclei(image, labels, size), CHANNELS.index("protein"))
         rejected += crops.rejected
         images, rows, cols, areas = crops.images, crops.rows, crops.cols, crops.areas
     else:

@@ -26,10 +26,22 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cytoself_jax.jsonio import read_json
 from cytoself_jax.training.state import TrainState
 
 # In the name of orbax's folder for a save not yet renamed to its final name (atomic commit by rename).
 _ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be saved or read; the message is one line naming the folder."""
+
+
+def _one_line(err: BaseException, width: int = 200) -> str:
+    """'TypeName: first line of the message', shortened: orbax's errors span pages."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    text = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 @dataclasses.dataclass
@@ -84,18 +96,23 @@ class Checkpointer:
         }
 
     def save(self, which: str, state: TrainState, loop: LoopState) -> None:
-        """Save a replicated (or host) state under 'latest' or 'best' at its step (written asynchronously; wait() before
-        exiting). A step that
-        is already saved is left as it is: a resumed run recomputes exactly the state a killed run saved there."""
+        """Save a replicated (or host) state under 'latest' or 'best' at its step, and wait for it: a save that
+        fails (a full disk) raises CheckpointError at once, the previous checkpoint intact. A step that is already
+        saved is left as it is: a resumed run recomputes exactly the state a killed run saved there."""
         mgr = self._managers[which]
         step = int(state.step)
         if step in mgr.all_steps():
             return
-        (self.root / which).mkdir(parents=True, exist_ok=True)
         # Saved from a host copy: orbax would otherwise slice each replicated array per device, compiling a
         # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
         host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
-        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host), loop=ocp.args.JsonSave(loop.to_json())))
+        try:
+            (self.root / which).mkdir(parents=True, exist_ok=True)
+            mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
+                                                   loop=ocp.args.JsonSave(loop.to_json())))
+            mgr.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many types for one failed write
+            raise CheckpointError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
 
     def step(self, which: str) -> int | None:
         """The step of the complete 'latest' or 'best' checkpoint, None when there is none."""
@@ -105,16 +122,54 @@ class Checkpointer:
         return self.step(which) is not None
 
     def restore(self, which: str, target: TrainState) -> tuple[TrainState, LoopState]:
-        """Restore into the structure, dtypes and shardings of target (a state or its jax.eval_shape)."""
+        """Restore into the structure, dtypes and shardings of target (a state or its jax.eval_shape); raises
+        CheckpointError (one line naming the step's folder) when the checkpoint is unreadable."""
         mgr = self._managers[which]
         step = mgr.latest_step()
         if step is None:
             raise FileNotFoundError(f"{mgr.directory}: no complete '{which}' checkpoint found")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        out = mgr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
-        )
-        return out.state, LoopState.from_json(out.loop)
+        try:
+            out = mgr.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
+            )
+            return out.state, LoopState.from_json(out.loop)
+        except Exception as err:  # noqa: BLE001 - a damaged file surfaces as any of orbax's or tensorstore's errors
+            raise CheckpointError(f"{self.root / which / str(step)}: unreadable checkpoint ({_one_line(err)})") from None
+
+    def restore_intact(self, target: TrainState) -> tuple[TrainState, LoopState, str]:
+        """The newest readable checkpoint: 'latest', else 'best' (with a warning, the unreadable 'latest' moved to
+        checkpoints/unreadable/ so that the run saves that step again). Returns (state, loop, warning or '');
+        raises CheckpointError naming the unreadable files when neither can be read."""
+        try:
+            return (*self.restore("latest", target), "")
+        except CheckpointError as err:
+            broken = err
+        broken_dir = self.root / "latest" / str(self.step("latest"))
+        if not self.has("best"):
+            raise CheckpointError(f"{broken}; no other checkpoint to resume from: move {self.root} aside to start "
+                                  "the run over, or use another --config.workdir") from None
+        try:
+            state, loop = self.restore("best", target)
+        except CheckpointError as err:
+            raise CheckpointError(f"{broken}; {err}; no intact checkpoint to resume from: move {self.root} aside to "
+                                  "start the run over, or use another --config.workdir") from None
+        aside = self.root / "unreadable" / f"latest-{broken_dir.name}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(broken_dir, aside)
+        self._managers["latest"].reload()
+        self.save("latest", state, loop)  # the run has a 'latest' to resume from again, even if stopped at once
+        return state, loop, (f"{broken}; resuming from the best checkpoint (epoch {loop.epoch}, step "
+                             f"{int(state.step)}) instead; the unreadable one was moved to {aside}")
+
+    def saved_epoch(self, which: str) -> int | None:
+        """Completed epochs of the 'latest' or 'best' checkpoint (its loop state only), None when unreadable."""
+        mgr = self._managers[which]
+        try:
+            out = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+            return LoopState.from_json(out.loop).epoch
+        except Exception:  # noqa: BLE001 - callers only describe the checkpoint; the step alone is still true
+            return None
 
     def wait(self) -> None:
         for mgr in self._managers.values():
@@ -124,6 +179,21 @@ class Checkpointer:
         """Wait for saves in flight, then release the managers."""
         for mgr in self._managers.values():
             mgr.close()
+
+
+def describe_latest(run_dir: Path) -> str:
+    """Where a stopped run stands, for its last message: 'the latest complete checkpoint is epoch 3 (step 120):
+    continue with --resume', or that there is none yet."""
+    checkpointer = Checkpointer(run_dir)
+    try:
+        step = checkpointer.step("latest")
+        if step is None:
+            return "no checkpoint was saved yet: run the same command again to start over"
+        epoch = checkpointer.saved_epoch("latest")
+        return (f"the latest complete checkpoint is {'' if epoch is None else f'epoch {epoch} '}(step {step}): "
+                "continue with --resume")
+    finally:
+        checkpointer.close()
 
 
 def latest_step(run_dir: Path) -> int | None:
@@ -172,8 +242,9 @@ def load_run_config(run_dir: Path) -> tuple[ml_collections.ConfigDict, dict]:
     for name in ("config.json", "dataset.json"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name}: missing: not a cytoself-jax run directory (made by train.py)")
-    config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
-    return config, json.loads((run_dir / "dataset.json").read_text())
+    action = "restore it from a copy of the run, or train a new run with another --config.workdir"
+    config = ml_collections.ConfigDict(read_json(run_dir / "config.json", action))
+    return config, read_json(run_dir / "dataset.json", action)
 
 
 @dataclasses.dataclass
@@ -200,7 +271,9 @@ def load_trained(run_dir: Path, which: str = "best") -> TrainedModel:
     checkpointer = Checkpointer(run_dir)
     try:
         if not checkpointer.has(which):
-            raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints' / which}: no complete checkpoint (train first)")
+            other = "best" if which == "latest" else "latest"
+            raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints' / which}: no complete checkpoint: train first, "
+                                    f"or load the '{other}' one")
         state, _ = checkpointer.restore(which, target)
     finally:
         checkpointer.close()

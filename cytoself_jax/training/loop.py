@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +17,12 @@ import numpy as np
 from cytoself_jax.analysis.plots import plot_training_curves
 from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
-from cytoself_jax.data.store import TABLE_FILE, CropStore, open_store, verify_pixels
+from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
-from cytoself_jax.training.checkpoint import (Checkpointer, LoopState, RunLock, latest_step, load_run_config,
-                                              save_run_config)
+from cytoself_jax.training.checkpoint import (CheckpointError, Checkpointer, LoopState, RunLock, describe_latest,
+                                              latest_step, load_run_config)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
+from cytoself_jax.training.run_record import check_resumable, check_run_dir, check_same_store, record_run
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
 from cytoself_jax.training.step import make_eval_step, make_train_step
@@ -33,23 +32,30 @@ log = logging.getLogger(__name__)
 # curves.png is redrawn after an epoch at most this often (drawing takes seconds), and at the end of the run.
 _PLOT_EVERY_S = 60.0
 
-# Config fields that must not change when a run is resumed: they change the model or what it learns from.
-_RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "data.split_seed", "seed")
-# Memory switches inside those that change neither the parameters nor the results: a run may resume with them
-# flipped, and a run saved before they existed has none.
-_RESUME_FREE = {"model": ("remat_decoders",)}
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss or its gradient became NaN/inf; the latest checkpoint is still the last good one."""
 
 
+class RunStoppedError(RuntimeError):
+    """Training stopped on a failed write into the run (a full disk); the message says what failed and where the
+    run stands (its latest complete checkpoint)."""
+
+
 def ensure_dataset(data_cfg: ml_collections.ConfigDict) -> CropStore:
-    """Open the store at data.path, drawing the built-in synthetic cells there first when the config asks
-    for them (data.synthetic.proteins > 0) and no store exists yet."""
+    """Open the store at data.path. When the config asks for the built-in synthetic cells (data.synthetic.proteins
+    > 0) they are drawn first, but only into data.synthetic.path and only when that folder does not exist yet: a
+    mistyped data.path or a folder of the user's is never written into."""
     path = Path(data_cfg.path)
     syn = data_cfg.synthetic
-    if syn.proteins > 0 and not (path / "store.json").exists():
+    if syn.proteins > 0 and not (path / META_FILE).exists():
+        asked = bool(syn.path) and path.absolute() == Path(syn.path).absolute()
+        if not asked:
+            raise StoreError(f"{path}: store: no crop store here, and this config draws its synthetic cells only "
+                             f"into {syn.path or '(no folder)'} (config.data.synthetic.path): check --config.data.path, "
+                             f"or set --config.data.synthetic.path={path} to draw them there")
+        if path.exists():
+            raise StoreError(f"{path}: store: the folder exists but holds no crop store, and synthetic cells are only "
+                             "drawn into a new folder: move it away, or set --config.data.path to a crop store")
         from cytoself_jax.data.synthetic import write_synthetic_store
 
         log.info("drawing the synthetic dataset into %s", path)
@@ -62,27 +68,6 @@ def ensure_dataset(data_cfg: ml_collections.ConfigDict) -> CropStore:
             seed=syn.seed,
         )
     return open_store(path)
-
-
-def _get(cfg: ml_collections.ConfigDict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
-def _check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, run_dir: Path) -> None:
-    for field in _RESUME_FIXED:
-        a, b = json.loads(ml_collections.ConfigDict({"v": _get(saved, field)}).to_json()), json.loads(
-            ml_collections.ConfigDict({"v": _get(config, field)}).to_json()
-        )
-        for free in _RESUME_FREE.get(field, ()):
-            a["v"].pop(free, None)
-            b["v"].pop(free, None)
-        if a != b:
-            raise ValueError(
-                f"{run_dir / 'config.json'}: {field}: a run can only be resumed with the config it started with "
-                f"(saved {a['v']!r}, now {b['v']!r}); use another --config.workdir for a new run"
-            )
 
 
 def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
@@ -163,17 +148,22 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     (an error, Ctrl-C), the checkpoint saves already started are completed before this returns or raises."""
     run_dir = Path(config.workdir)
     _check_train_config(config)
-    if latest_step(run_dir) is not None and not resume:
+    check_run_dir(run_dir)
+    has_checkpoint = latest_step(run_dir) is not None
+    if has_checkpoint and not resume:
         raise FileExistsError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or set --config.workdir"
         )
     if resume and (run_dir / "config.json").exists():
-        _check_resumable(load_run_config(run_dir)[0], config, run_dir)
+        check_resumable(load_run_config(run_dir)[0], config, run_dir)
 
     store = ensure_dataset(config.data)
     channels = tuple(config.data.channels)
     store.channel_indices(channels)  # clear error when the store lacks a channel the config asks for
     verify_pixels(store, progress=progress)
+    store_fingerprint = fingerprint(store)
+    if resume and has_checkpoint:
+        check_same_store(run_dir, store_fingerprint)
     splits = split_by_field(
         store.table, tuple(config.data.split_fractions), seed=config.data.split_seed,
         allow_single_field=config.data.allow_single_field, where=str(store.path / TABLE_FILE),
@@ -210,12 +200,17 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         "channels": list(channels),
         "image_shape": list(image_shape),
         "split_sizes": {k: int(len(v)) for k, v in splits.items()},
+        "store_fingerprint": store_fingerprint,
     }
     with RunLock(run_dir):
         checkpointer = Checkpointer(run_dir, clean_tmp=True)
         try:
             return _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
                                dataset_info, steps, epoch_batches, val_batches)
+        except (OSError, CheckpointError) as err:  # a write into the run failed (a full disk): say so at once
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            raise RunStoppedError(f"{where}{getattr(err, 'strerror', None) or err}; the run stopped and "
+                                  f"{describe_latest(run_dir)} once the cause is fixed (e.g. disk space freed)") from None
         finally:
             checkpointer.close()  # completes the saves in flight: the latest checkpoint is whole even on errors
 
@@ -228,13 +223,15 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(init_key)
     loop = LoopState(learning_rate=config.train.learning_rate)
     if resume and checkpointer.has("latest"):
-        state, loop = checkpointer.restore("latest", state)
+        state, loop, warning = checkpointer.restore_intact(state)
+        if warning:
+            log.warning(warning)
         log.info("resumed %s after epoch %d (step %d)", run_dir, loop.epoch, int(state.step))
         if loop.best_epoch == loop.epoch:
             checkpointer.save("best", state, loop)  # no-op unless the run died between its last two saves
     elif resume:
         log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
-    save_run_config(run_dir, config, dataset_info)
+    record_run(run_dir, config, dataset_info, loop.epoch)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     metrics_log.truncate_after_epoch(loop.epoch)
 

@@ -10,9 +10,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cytoself_jax.jsonio import read_json_lines
+
 
 class MetricsLog:
-    """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'."""
+    """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'. A partial
+    last line (a run stopped mid-append) is ignored when reading and removed by truncate_after_epoch."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -21,8 +24,10 @@ class MetricsLog:
         """Drop records from epochs after `epoch` completed ones (work redone after a resume is logged again)."""
         if not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [r for r in read_json_lines(self.path) if r["epoch"] < epoch]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(self.path)  # never half a log, even when the disk fills up here
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -30,9 +35,7 @@ class MetricsLog:
             f.write(json.dumps(clean) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return read_json_lines(self.path) if self.path.exists() else []
 
 
 class EpochProgress:
