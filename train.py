@@ -25,15 +25,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (not an Exception: nothing catches it
-    by mistake)."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
-
-
 def _usage_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -75,18 +66,19 @@ def main(argv: list[str]) -> None:
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.training.checkpoint import describe_latest
     from cytoself_jax.training.loop import NonFiniteLossError, RunStoppedError, train
+    from cytoself_jax.training.signals import Terminated, raise_terminated
 
     if _DISTRIBUTED.value:
         import jax
 
         jax.distributed.initialize()  # before any other JAX call: the mesh then spans every host's devices
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         result = train(_CONFIG.value, resume=_RESUME.value)
     except (ValueError, OSError, NonFiniteLossError, RunStoppedError) as e:  # input checks raise ValueError subclasses
         sys.exit(f"error: {e}")
-    except (KeyboardInterrupt, _Terminated) as e:  # train() has completed the checkpoint save in progress
-        terminated = isinstance(e, _Terminated)
+    except (KeyboardInterrupt, Terminated) as e:  # a checkpoint save in progress was completed first
+        terminated = isinstance(e, Terminated)
         print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {describe_latest(_CONFIG.value.workdir)}",
               file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))

@@ -26,9 +26,14 @@ from cytoself_jax.data import store as store_lib
 from cytoself_jax.data.pipeline import make_dataset
 from cytoself_jax.data.splits import SplitError, split_by_field
 from cytoself_jax.data.store import PIXEL_CHECK_FILE, StoreError, open_store, verify_pixels, write_store
+from cytoself_jax.analysis.common import AnalysisInputError
+from cytoself_jax.analysis.plots import read_metrics
+from cytoself_jax.analysis.report import EvalError, _check_checkpoint
+from cytoself_jax.jsonio import JsonFileError
 from cytoself_jax.training import mesh as mesh_lib
-from cytoself_jax.training.checkpoint import Checkpointer, RunLock
+from cytoself_jax.training.checkpoint import CheckpointError, Checkpointer, RunLock, describe_latest
 from cytoself_jax.training.loop import NonFiniteLossError, codebook_warnings, evaluate, train
+from cytoself_jax.training.run_record import HISTORY_FILE, record_run
 from cytoself_jax.training.state import build_model, create_train_state
 from cytoself_jax.training.step import make_eval_step
 
@@ -72,22 +77,31 @@ def _env() -> dict:
     return {**os.environ, "CYTOSELF_TEST_JAX_CACHE": jax.config.jax_compilation_cache_dir}
 
 
-def _kill_when(cmd: list[str], condition, log: Path, timeout: float = 120.0) -> None:
-    """Run cmd and SIGKILL it as soon as condition() holds (polled every millisecond or so)."""
+def _act_when(cmd: list[str], condition, action, log: Path, timeout: float = 120.0) -> int:
+    """Run cmd, call action(process) as soon as condition() holds (polled every millisecond or so), wait for the
+    process to end; returns its exit status."""
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             if condition():
-                proc.send_signal(signal.SIGKILL)
+                action(proc)
                 break
             time.sleep(0.001)
         else:
             proc.kill()
             proc.wait()
-            pytest.fail(f"the run ended (rc={proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}")
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+            pytest.fail(f"the run ended (rc={proc.returncode}) before the fault:\n{log.read_text()[-3000:]}")
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"the run did not stop after the fault:\n{log.read_text()[-3000:]}")
+
+
+def _kill_when(cmd: list[str], condition, log: Path, timeout: float = 120.0) -> None:
+    """Run cmd and SIGKILL it as soon as condition() holds."""
+    assert _act_when(cmd, condition, lambda proc: proc.send_signal(signal.SIGKILL), log, timeout) == -signal.SIGKILL
 
 
 def _tmp_dirs(run_dir: Path) -> list[Path]:
@@ -149,6 +163,48 @@ def test_killed_training_resumes_to_the_uninterrupted_parameters(tmp_path, tiny_
     for a, b in zip(got, want):
         np.testing.assert_allclose([v for v in a.values() if isinstance(v, float)],
                                    [v for v in b.values() if isinstance(v, float)], rtol=1e-5)
+
+
+def test_sigterm_completes_the_save_in_progress_and_exits_cleanly(tmp_path, tiny_store_path):
+    """SIGTERM (a cluster preempting the job) while the first checkpoint is being written: the save completes,
+    the process exits with status 143 and one line saying where --resume continues."""
+    run = tmp_path / "run"
+    log = tmp_path / "log.txt"
+    status = _act_when(_train_cmd(run, tiny_store_path), lambda: bool(_tmp_dirs(run)),
+                       lambda proc: proc.send_signal(signal.SIGTERM), log)
+    assert status == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    text = log.read_text()
+    assert text.strip().splitlines()[-1] == (f"terminated (SIGTERM): the latest complete checkpoint is epoch 1 "
+                                             f"(step {STEPS_PER_EPOCH}): continue with --resume")
+    assert "Traceback" not in text
+    assert _saved_steps(run)[0] == STEPS_PER_EPOCH and not _tmp_dirs(run)
+
+
+def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path, tiny_store_path, reference):
+    """The disk fills up during epoch 2 (a 64 KiB limit on file size set on the running process: checkpoint files
+    are larger, the metrics log stays smaller): the failed save is reported at once in one line, the epoch-1
+    checkpoint stays whole, and a resume once there is room again ends with the uninterrupted parameters."""
+    resource = pytest.importorskip("resource")
+    if not hasattr(resource, "prlimit"):
+        pytest.skip("resource.prlimit (Linux) is needed to fill the disk of a running process")
+    run = tmp_path / "run"
+    log = tmp_path / "log.txt"
+    limit = 64 * 1024
+    status = _act_when(_train_cmd(run, tiny_store_path), lambda: _in_epoch_2(run),
+                       lambda proc: resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit)), log)
+    assert status == 1, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text and len(text.splitlines()) < 40, text[-3000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(run / 'checkpoints' / 'latest'))}: saving step {2 * STEPS_PER_EPOCH} failed "
+        rf"\(.*File too large.*\); the run stopped and the latest complete checkpoint is epoch 1 \(step "
+        rf"{STEPS_PER_EPOCH}\): continue with --resume once the cause is fixed \(e.g. disk space freed\)",
+        text.strip().splitlines()[-1]), text[-3000:]
+    assert _saved_steps(run) == (STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    result = train(_config(run, tiny_store_path), resume=True, progress=False)
+    chex.assert_trees_all_close(jax.device_get(result.state.params), jax.device_get(reference.state.params),
+                                atol=1e-6)
+    assert not _tmp_dirs(run)
 
 
 # ------------------------------------------------------------------------------------------ checkpoint safety
@@ -455,3 +511,335 @@ def test_a_config_file_that_fails_is_one_line(config, last_line):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [last_line]
+
+
+# ------------------------------------------------------------------------------- a resumed run is the same run
+
+def _own_copy(tmp_path: Path, reference, tiny_store_path) -> tuple[Path, Path]:
+    """A copy of the reference run and of its store, the run's config.json pointing at the store's copy (so that
+    the store can be changed without touching the session's)."""
+    run, store = tmp_path / "run", tmp_path / "store"
+    shutil.copytree(reference.run_dir, run)
+    shutil.copytree(tiny_store_path, store)
+    saved = json.loads((run / "config.json").read_text())
+    saved["data"]["path"] = str(store)
+    (run / "config.json").write_text(json.dumps(saved))
+    return run, store
+
+
+def _change_pixels(store: Path) -> None:
+    images = np.load(store / "crops.npy")
+    images[0, 0, 0, 0] += 1.0  # one pixel of the first crop (always among the fingerprint's sampled crops)
+    np.save(store / "crops.npy", images)
+
+
+def _rename_protein(store: Path) -> None:
+    table = pd.read_csv(store / "crops.csv", dtype=str, keep_default_na=False)
+    table.loc[table["protein"] == "P3", "protein"] = "P9"
+    table.to_csv(store / "crops.csv", index=False)
+
+
+def _more_crops(store: Path) -> None:
+    images, table = open_store(store).images, pd.read_csv(store / "crops.csv", dtype=str, keep_default_na=False)
+    more = np.concatenate([images, images[:8]])
+    shutil.rmtree(store)
+    write_store(store, more, pd.concat([table, table.iloc[:8]]), ("protein", "nucleus", "distance"))
+
+
+@pytest.mark.parametrize("change, what", [
+    (_change_pixels, "pixels (crops.npy)"),
+    (_rename_protein, "proteins or fields of view (crops.csv)"),
+    (_more_crops, "shape [96, 32, 32, 3] -> [104, 32, 32, 3]; proteins or fields of view (crops.csv)"),
+])
+def test_resume_refuses_a_changed_store_saying_what_changed(tmp_path, tiny_store_path, reference, change, what):
+    run, store = _own_copy(tmp_path, reference, tiny_store_path)
+    change(store)
+    with pytest.raises(ValueError) as info:
+        train(_config(run, store), resume=True, progress=False)
+    assert str(info.value) == (f"{run / 'dataset.json'}: store_fingerprint: the store changed since this run started "
+                               f"({what} differ); resume with the store it was trained on, or use another "
+                               "--config.workdir for a new run")
+    assert json.loads((run / "dataset.json").read_text()) == json.loads((reference.run_dir / "dataset.json").read_text())
+
+
+def test_resume_on_the_same_store_is_accepted(tmp_path, tiny_store_path, reference):
+    run, store = _own_copy(tmp_path, reference, tiny_store_path)
+    result = train(_config(run, store), resume=True, progress=False)  # max_epochs reached: nothing left to train
+    assert int(result.state.step) == 2 * STEPS_PER_EPOCH
+    assert not (run / HISTORY_FILE).exists()
+
+
+def test_refused_resume_names_the_differing_fields(tmp_path, reference, tiny_store_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run)
+    config = _config(run, tiny_store_path)
+    config.model.vq_local.num_codes = 64
+    config.model.encoder_local.stages = ((1, 3, 1, 8, 1),)
+    config.seed = 1
+    config.train.learning_rate = 1e-3
+    with pytest.raises(ValueError) as info:
+        train(config, resume=True, progress=False)
+    assert str(info.value) == (
+        f"{run / 'config.json'}: a run resumes only with the model, data and seed it started with; changed: "
+        "model.encoder_local.stages [[1, 3, 1, 8, 1], [2, 3, 2, 8, 1]] -> [[1, 3, 1, 8, 1]], "
+        "model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides to resume, or use "
+        "another --config.workdir for a new run")
+    assert (run / "config.json").read_text() == (reference.run_dir / "config.json").read_text()
+
+
+def _settings(**changes):
+    config = tiny_config("runs/x", "data/x")
+    for field, value in changes.items():
+        section, name = field.split(".")
+        config[section][name] = value
+    return config
+
+
+def test_settings_history_keeps_the_record_true(tmp_path):
+    run = tmp_path / "run"
+    first, bigger = _settings(), _settings(**{"train.batch_size": 16, "loss.vq": 2.0})
+    record_run(run, first, {}, completed_epochs=0)
+    assert not (run / HISTORY_FILE).exists()
+    record_run(run, first, {}, completed_epochs=2)  # a plain resume
+    assert not (run / HISTORY_FILE).exists()
+    record_run(run, bigger, {}, completed_epochs=2)  # epochs 3.. with batch 16 and another loss weight
+    history = json.loads((run / HISTORY_FILE).read_text())
+    assert [(h["first_epoch"], h["changed"]) for h in history] == [
+        (1, {}), (3, {"loss.vq": [1.0, 2.0], "train.batch_size": [8, 16]})]
+    assert history[0]["config"] == json.loads(first.to_json())
+    assert json.loads((run / "config.json").read_text()) == json.loads(bigger.to_json()) == history[1]["config"]
+    record_run(run, bigger, {}, completed_epochs=5)  # resumed again, same settings: nothing new
+    assert len(json.loads((run / HISTORY_FILE).read_text())) == 2
+    # stopped before epoch 3 completed, resumed with the first settings: no epoch was trained with the others
+    record_run(run, first, {}, completed_epochs=2)
+    assert not (run / HISTORY_FILE).exists()
+    assert json.loads((run / "config.json").read_text()) == json.loads(first.to_json())
+
+
+def test_resume_with_changed_settings_trains_on_and_records_them(tmp_path, tiny_store_path, reference):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run)
+    config = _config(run, tiny_store_path)
+    config.train.max_epochs = 3
+    config.train.plateau_factor = 0.5
+    result = train(config, resume=True, progress=False)
+    assert result.loop.epoch == 3
+    history = json.loads((run / HISTORY_FILE).read_text())
+    assert [(h["first_epoch"], h["changed"]) for h in history] == [
+        (1, {}), (3, {"train.max_epochs": [2, 3], "train.plateau_factor": [0.1, 0.5]})]
+    assert history[0]["config"] == json.loads((reference.run_dir / "config.json").read_text())
+    assert json.loads((run / "config.json").read_text())["train"]["plateau_factor"] == 0.5
+
+
+# ------------------------------------------------------------------------------------------------------ faults
+
+def _corrupt(step_dir: Path) -> None:
+    for file in (step_dir / "state").rglob("*"):
+        if file.is_file() and file.parent.name == "d":
+            file.write_bytes(b"\0" * 100)  # the array data, cut short
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_best(tmp_path, tiny_store_path, reference, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run)
+    step = 2 * STEPS_PER_EPOCH
+    _corrupt(run / "checkpoints" / "latest" / str(step))
+    with caplog.at_level("WARNING", logger="cytoself_jax"):
+        result = train(_config(run, tiny_store_path), resume=True, progress=False)
+    warning = [r.getMessage() for r in caplog.records if "unreadable checkpoint" in r.getMessage()]
+    assert len(warning) == 1 and "\n" not in warning[0]
+    assert warning[0].startswith(f"{run / 'checkpoints' / 'latest' / str(step)}: unreadable checkpoint (")
+    assert warning[0].endswith(f"resuming from the best checkpoint (epoch 2, step {step}) instead; the unreadable "
+                               f"one was moved to {run / 'checkpoints' / 'unreadable' / f'latest-{step}'}")
+    chex.assert_trees_all_equal(jax.device_get(result.state.params), jax.device_get(reference.state.params))
+    # the run has an intact 'latest' again (re-saved from 'best'), and the damaged files are kept aside
+    state, _ = _restore(run, reference.state)
+    chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(reference.state.params))
+    assert (run / "checkpoints" / "unreadable" / f"latest-{step}" / "state").is_dir()
+
+
+def test_no_intact_checkpoint_is_refused_in_one_line_naming_the_files(tmp_path, tiny_store_path, reference):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run)
+    step = 2 * STEPS_PER_EPOCH
+    for which in ("latest", "best"):
+        _corrupt(run / "checkpoints" / which / str(step))
+    with pytest.raises(CheckpointError) as info:
+        train(_config(run, tiny_store_path), resume=True, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 700, message
+    assert re.fullmatch(rf"{re.escape(str(run / 'checkpoints' / 'latest' / str(step)))}: unreadable checkpoint "
+                        rf"\(ValueError: .*\); {re.escape(str(run / 'checkpoints' / 'best' / str(step)))}: unreadable "
+                        rf"checkpoint \(ValueError: .*\); no intact checkpoint to resume from: move "
+                        rf"{re.escape(str(run / 'checkpoints'))} aside to start the run over, or use another "
+                        r"--config.workdir", message)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest"]  # nothing moved or removed
+
+
+def test_a_partial_last_metrics_line_is_tolerated(tmp_path, tiny_store_path, reference):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run)
+    complete = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(complete + '{"kind": "step", "epoch": 2, "st')  # cut mid-append
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: line \d+ is incomplete \(the run stopped while writing it\)"):
+        assert read_metrics(run / "metrics.jsonl") == _records(reference.run_dir)
+    with pytest.warns(UserWarning, match="is incomplete"):
+        train(_config(run, tiny_store_path), resume=True, progress=False)
+    assert (run / "metrics.jsonl").read_text() == complete  # the partial line is gone, the rest kept as it was
+    # a damaged line that is not the last is an error naming the file and the line
+    lines = complete.splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:2]) + "{oops\n" + "".join(lines[2:]))
+    with pytest.raises(AnalysisInputError, match=rf"read_metrics: {re.escape(str(run / 'metrics.jsonl'))}: line 3: "
+                                                 r"not valid JSON \(Expecting property name enclosed"):
+        read_metrics(run / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("name", ["config.json", "dataset.json"])
+def test_a_truncated_run_json_file_is_named(tmp_path, tiny_store_path, reference, name):
+    run = tmp_path / "run"
+    shutil.copytree(reference.run_dir, run)
+    text = (run / name).read_text()
+    (run / name).write_text(text[:len(text) // 2])
+    with pytest.raises(JsonFileError) as info:
+        train(_config(run, tiny_store_path), resume=True, progress=False)
+    assert re.fullmatch(rf"{re.escape(str(run / name))}: not valid JSON \(line \d+ column \d+: [^;]+; truncated or "
+                        r"edited\?\); restore it from a copy of the run, or train a new run with another "
+                        r"--config.workdir", str(info.value)), str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["workdir is a file", "checkpoints is a file"])
+def test_a_run_folder_that_is_a_file_is_refused_before_training(tmp_path, tiny_store_path, layout):
+    run = tmp_path / "run"
+    if layout == "workdir is a file":
+        run.write_text("my notes")
+        blocked = run
+    else:
+        run.mkdir()
+        blocked = run / "checkpoints"
+        blocked.write_text("my notes")
+    with pytest.raises(NotADirectoryError) as info:
+        train(_config(run, tiny_store_path), progress=False)
+    assert str(info.value) == (f"{blocked}: expected a folder for the run, found a file; move the file away or set "
+                               "--config.workdir to another folder")
+    assert blocked.read_text() == "my notes"
+
+
+def test_describe_latest_is_true_when_there_is_no_checkpoint(tmp_path, reference):
+    assert describe_latest(tmp_path / "nothing") == ("no checkpoint was saved yet: run the same command again to "
+                                                     "start over")
+    assert not (tmp_path / "nothing").exists()
+    assert describe_latest(reference.run_dir) == (f"the latest complete checkpoint is epoch 2 (step "
+                                                  f"{2 * STEPS_PER_EPOCH}): continue with --resume")
+
+
+def test_missing_best_checkpoint_hint_names_which_latest(tmp_path):
+    (tmp_path / "checkpoints" / "latest" / "4").mkdir(parents=True)
+    with pytest.raises(EvalError, match=r"checkpoints/best: no complete 'best' checkpoint: train first, evaluate "
+                                        r"the other checkpoint with --which latest, or pass --random_init"):
+        _check_checkpoint(tmp_path, "best")
+
+
+# --------------------------------------------------------------------------------------- inputs that now fail
+
+def test_synthetic_cells_are_drawn_only_into_their_own_new_folder(tmp_path):
+    config = tiny_config(tmp_path / "run", tmp_path / "demo-synthtic")  # a typo of the folder the config names
+    config.data.synthetic.update(proteins=4, crops_per_protein=8, fields_per_protein=2, size=32,
+                                 path=str(tmp_path / "demo-synthetic"))
+    with pytest.raises(StoreError) as info:
+        train(config, progress=False)
+    assert str(info.value) == (
+        f"{tmp_path / 'demo-synthtic'}: store: no crop store here, and this config draws its synthetic cells only "
+        f"into {tmp_path / 'demo-synthetic'} (config.data.synthetic.path): check --config.data.path, or set "
+        f"--config.data.synthetic.path={tmp_path / 'demo-synthtic'} to draw them there")
+    # the user's own folder at the synthetic path: never written into
+    (tmp_path / "demo-synthetic").mkdir()
+    (tmp_path / "demo-synthetic" / "mine.tif").write_text("user data")
+    config.data.path = str(tmp_path / "demo-synthetic")
+    with pytest.raises(StoreError, match=r"demo-synthetic: store: the folder exists but holds no crop store, and "
+                                         r"synthetic cells are only drawn into a new folder: move it away, or set "
+                                         r"--config.data.path to a crop store"):
+        train(config, progress=False)
+    assert [p.name for p in (tmp_path / "demo-synthetic").iterdir()] == ["mine.tif"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo-synthtic").exists()
+    # where asked, into a new folder: drawn (the oversized batch then stops the run before it starts)
+    shutil.rmtree(tmp_path / "demo-synthetic")
+    config.train.batch_size = 64
+    with pytest.raises(ValueError, match="config.train.batch_size: expected at most"):
+        train(config, progress=False)
+    assert len(open_store(tmp_path / "demo-synthetic")) == 32
+
+
+def test_protein_names_differing_by_surrounding_whitespace_are_one_class(tmp_path):
+    images, table = _crops()
+    table.loc[[0, 5], "protein"] = [" P0", "P0 "]
+    with pytest.warns(UserWarning, match=r"crops.csv: protein: stripped the surrounding whitespace of 2 value\(s\) "
+                                         r"\(row 0: ' P0'\), so that equal names are one class"):
+        store = write_store(tmp_path / "store", images, table, CHANNELS)
+    assert store.proteins == ("P0", "P1", "P2")
+    assert (store.table["protein"] == "P0").sum() == 12
+    # a table edited by hand afterwards: stripped (with the warning) when the store is opened
+    edited = pd.read_csv(tmp_path / "store" / "crops.csv", dtype=str, keep_default_na=False)
+    edited.loc[3, "protein"] = "P1\t"
+    edited.to_csv(tmp_path / "store" / "crops.csv", index=False)
+    with pytest.warns(UserWarning, match=r"row 3: 'P1\\t'"):
+        assert open_store(tmp_path / "store").proteins == ("P0", "P1", "P2")
+
+
+def test_prepare_drops_blank_and_nan_crops_and_counts_them(tmp_path):
+    from cytoself_jax.data.synthetic import draw_field
+    from cytoself_jax.prepare.io import FieldSpec
+    from cytoself_jax.prepare.run import PrepareSettings, prepare
+    from cytoself_jax.prepare.segment import SegmentParams
+
+    crop = 48
+    half = crop // 2
+    fov = draw_field(np.random.default_rng(3), (256, 256), 8, family="mitochondria")
+    inside = [tuple(c) for c in np.rint(fov.centres).astype(int) if ((c >= half + 2) & (c <= 256 - half - 2)).all()]
+    (ra, ca), (rb, cb) = inside[0], inside[1]
+    protein = fov.protein.copy()
+    protein[ra - half:ra + half, ca - half:ca + half] = 7.0  # nucleus A's crop: a constant protein channel
+    protein[rb, cb] = np.nan  # nucleus B's crop (and any crop overlapping that pixel): a NaN
+    np.save(tmp_path / "f0.npy", np.stack([protein, fov.nucleus]).astype(np.float32))
+    settings = PrepareSettings(protein_channel=0, nucleus_channel=1, crop_size=crop,
+                               segment=SegmentParams(sigma=2.0, laplace_sigma=2.0, closing_radius=4,
+                                                     min_nucleus_area=50))
+    result = prepare([FieldSpec(str(tmp_path / "f0.npy"), "P1", "f0")], tmp_path / "out", settings, workers=1,
+                     montage_crops=0, progress=False)
+    store = result.store
+    assert np.isfinite(store.images).all()
+    assert (store.images[..., 0].reshape(len(store), -1).std(axis=1) > 0).all()
+    rejected = pd.read_csv(tmp_path / "out" / "qc" / "rejected.csv")
+    for (r, c), reason in (((ra, ca), "blank"), ((rb, cb), "non_finite")):
+        near = np.hypot(rejected["row"] - r, rejected["col"] - c) <= 3
+        assert (rejected.loc[near, "reason"] == reason).sum() == 1, (reason, rejected)
+    fields = pd.read_csv(tmp_path / "out" / "qc" / "fields.csv")
+    for reason in ("blank", "non_finite"):
+        assert fields[f"rejected_{reason}"].sum() == (rejected["reason"] == reason).sum() >= 1
+    assert json.loads((tmp_path / "out" / "qc" / "summary.json").read_text())["rejected"]["blank"] >= 1
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: dict(protein_channel=1, nucleus_channel=1),
+     "--protein-channel/--nucleus-channel: expected two different channels, found 1 for both; give the nuclear "
+     "stain's channel index"),
+])
+def test_prepare_refuses_bad_settings(make, message):
+    from cytoself_jax.prepare.run import PrepareError, PrepareSettings
+
+    with pytest.raises(PrepareError) as info:
+        PrepareSettings(**make())
+    assert str(info.value) == message
+
+
+def test_prepare_names_values_beyond_float32_instead_of_calling_them_infinite(tmp_path):
+    from cytoself_jax.prepare.io import FieldSpec
+    from cytoself_jax.prepare.run import PrepareSettings, process_field
+
+    field = np.random.default_rng(0).random((2, 64, 64))
+    field[0, 3, 3] = 1e39  # finite in the float64 file, infinite once in the store's float32
+    np.save(tmp_path / "f.npy", field)
+    summary = process_field(FieldSpec(str(tmp_path / "f.npy"), "P1", "f"), PrepareSettings(0, 1, crop_size=16),
+                            tmp_path)
+    assert summary.status == "error"
+    assert summary.error == (f"{tmp_path / 'f.npy'}: FieldError: protein channel: values up to 1e+39 exceed the "
+                             "float32 range of the store (max 3.4e+38); rescale the images")

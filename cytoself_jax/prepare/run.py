@@ -35,6 +35,7 @@ from cytoself_jax.prepare.segment import SegmentParams, segment_nuclei
 
 CHANNELS = ("protein", "nucleus", "distance")
 STORE_DTYPE = "float32"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 STATUS_OK, STATUS_NO_NUCLEI, STATUS_NO_CROPS, STATUS_ERROR = "ok", "no_nuclei", "no_crops", "error"
 
 
@@ -117,9 +118,9 @@ def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.nd
         # the store holds float32: larger finite values would silently become infinity there
         finite = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane[:0]
         peak = float(np.abs(finite).max(initial=0.0))
-        if peak > np.finfo(np.float32).max:
+        if peak > _FLOAT32_MAX:
             raise FieldError(f"{name} channel: values up to {peak:.3g} exceed the float32 range of the store "
-                             f"(max {np.finfo(np.float32).max:.3g}); rescale the images")
+                             f"(max {_FLOAT32_MAX:.3g}); rescale the images")
     segmentation = segment_nuclei(fov.nucleus, settings.segment)
     labels = segmentation.labels
     rejected = list(segmentation.rejected)

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cytoself_jax.jsonio import read_json
+from cytoself_jax.training.signals import signals_held
 from cytoself_jax.training.state import TrainState
 
 # In the name of orbax's folder for a save not yet renamed to its final name (atomic commit by rename).
@@ -97,7 +98,8 @@ class Checkpointer:
 
     def save(self, which: str, state: TrainState, loop: LoopState) -> None:
         """Save a replicated (or host) state under 'latest' or 'best' at its step, and wait for it: a save that
-        fails (a full disk) raises CheckpointError at once, the previous checkpoint intact. A step that is already
+        fails (a full disk) raises CheckpointError at once, the previous checkpoint intact, and Ctrl-C or SIGTERM
+        take effect only once the save is complete. A step that is already
         saved is left as it is: a resumed run recomputes exactly the state a killed run saved there."""
         mgr = self._managers[which]
         step = int(state.step)
@@ -107,10 +109,11 @@ class Checkpointer:
         # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
         host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
         try:
-            (self.root / which).mkdir(parents=True, exist_ok=True)
-            mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
-                                                   loop=ocp.args.JsonSave(loop.to_json())))
-            mgr.wait_until_finished()
+            with signals_held():  # Ctrl-C or SIGTERM during the save stop the run once it is complete
+                (self.root / which).mkdir(parents=True, exist_ok=True)
+                mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
+                                                       loop=ocp.args.JsonSave(loop.to_json())))
+                mgr.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many types for one failed write
             raise CheckpointError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
 
