@@ -64,6 +64,9 @@ def main(argv: list[str]) -> None:
     # orbax and grain log every checkpoint step at INFO through absl; keep the console for our own progress
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
+    # A failed checkpoint write (a full disk) makes asyncio log a traceback for each of orbax's pending write tasks;
+    # the run reports the failure itself, in one line
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     from cytoself_jax.training.checkpoint import describe_latest
     from cytoself_jax.training.loop import NonFiniteLossError, RunStoppedError, train
     from cytoself_jax.training.signals import Terminated, raise_terminated

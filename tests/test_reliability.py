@@ -843,3 +843,14 @@ def test_prepare_names_values_beyond_float32_instead_of_calling_them_infinite(tm
     assert summary.status == "error"
     assert summary.error == (f"{tmp_path / 'f.npy'}: FieldError: protein channel: values up to 1e+39 exceed the "
                              "float32 range of the store (max 3.4e+38); rescale the images")
+
+
+def test_a_full_disk_while_logging_metrics_names_the_file():
+    from cytoself_jax.training.metrics_log import MetricsLog
+
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full (a device that is always full) is Linux-only")
+    with pytest.raises(OSError) as info:
+        MetricsLog(Path("/dev/full")).write({"kind": "step", "epoch": 0, "step": 1})
+    assert (info.value.errno, info.value.filename) == (28, "/dev/full")
+    assert str(info.value) == "[Errno 28] No space left on device: '/dev/full'"

@@ -31,8 +31,11 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(clean) + "\n")
+        except OSError as err:  # a full disk: the error names the errno only; name the file too
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def read(self) -> list[dict[str, Any]]:
         return read_json_lines(self.path) if self.path.exists() else []
