@@ -489,7 +489,9 @@ def test_pixel_check_runs_once_per_version_of_the_array(tmp_path, monkeypatch):
      "error: flag --config.train.batch_size=eight: invalid literal for int() with base 10: 'eight'"),
     (["--resum"], 2, "error: Unknown command line flag 'resum'. Did you mean: resume ?"),
     (["extra"], 2, "error: unexpected arguments ['extra'] (config fields are set as --config.<field>=<value>)"),
-    ([], 1, "error: {store}: store: expected a crop store directory, found nothing"),
+    ([], 1, "error: {store}: store: expected a crop store directory, found nothing; check the path, or make a "
+            "store with python -m cytoself_jax.prepare (microscope fields) or python -m cytoself_jax.import_crops "
+            "(ready crops)"),
 ])
 def test_command_line_errors_are_one_line(tmp_path, args, status, last_line):
     cmd = _train_cmd(tmp_path / "run", tmp_path / "store", *args)

@@ -38,6 +38,10 @@ class CheckpointError(ValueError):
     """A checkpoint could not be saved or read; the message is one line naming the folder."""
 
 
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (a full disk); the previous one is intact."""
+
+
 def _one_line(err: BaseException, width: int = 200) -> str:
     """'TypeName: first line of the message', shortened: orbax's errors span pages."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
@@ -115,7 +119,7 @@ class Checkpointer:
                                                        loop=ocp.args.JsonSave(loop.to_json())))
                 mgr.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many types for one failed write
-            raise CheckpointError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
+            raise CheckpointSaveError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
 
     def step(self, which: str) -> int | None:
         """The step of the complete 'latest' or 'best' checkpoint, None when there is none."""

@@ -19,7 +19,7 @@ from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
-from cytoself_jax.training.checkpoint import (CheckpointError, Checkpointer, LoopState, RunLock, describe_latest,
+from cytoself_jax.training.checkpoint import (Checkpointer, CheckpointSaveError, LoopState, RunLock, describe_latest,
                                               latest_step, load_run_config)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.training.run_record import check_resumable, check_run_dir, check_same_store, record_run
@@ -207,7 +207,7 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         try:
             return _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
                                dataset_info, steps, epoch_batches, val_batches)
-        except (OSError, CheckpointError) as err:  # a write into the run failed (a full disk): say so at once
+        except (OSError, CheckpointSaveError) as err:  # a write into the run failed (a full disk): say so at once
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             raise RunStoppedError(f"{where}{getattr(err, 'strerror', None) or err}; the run stopped and "
                                   f"{describe_latest(run_dir)} once the cause is fixed (e.g. disk space freed)") from None

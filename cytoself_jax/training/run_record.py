@@ -105,7 +105,7 @@ def check_run_dir(run_dir: Path) -> None:
 def record_run(run_dir: Path, config: ml_collections.ConfigDict, dataset_info: dict, completed_epochs: int) -> None:
     """Write config.json and dataset.json for a run about to train epoch completed_epochs + 1, keeping
     config_history.json true: entries of epochs that will be trained again are dropped, and settings that differ
-    from those of the epochs kept start a new entry."""
+    from those of the epochs kept start a new entry (config.workdir, the run's place, is no setting)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     action = f"restore it from a copy of the run, or {_NEW_RUN}"
@@ -119,6 +119,7 @@ def record_run(run_dir: Path, config: ml_collections.ConfigDict, dataset_info: d
         history = []
     history = [entry for entry in history if entry["first_epoch"] <= completed_epochs]  # epochs that are kept
     changed = settings_diff(history[-1]["config"], new) if history else {}
+    changed.pop("workdir", None)  # where the run is (a moved run), not how it is trained
     if changed:
         history.append({"first_epoch": completed_epochs + 1, "changed": changed, "config": new})
     write_json_atomic(run_dir / "config.json", new)
