@@ -1,6 +1,32 @@
 """Reliability: a killed training resumes to the same parameters, half-written checkpoints are never used, a
 non-finite loss keeps the last good checkpoint, codebook collapse is reported, runs are deterministic, and every
-bad input ends with one clear line and leaves nothing behind."""
+bad input ends with one clear line and leaves nothing behind.
+
+Faults tried (besides BAD_INPUTS and the command-line cases below), with the message each gives and what is kept:
+
+| fault | message (one line) | kept |
+|---|---|---|
+| SIGKILL mid-save, mid-epoch | (none: killed) | last complete checkpoint; resume = uninterrupted run |
+| SIGTERM mid-save | terminated (SIGTERM): the latest complete checkpoint is epoch 1 (step 4): continue with --resume | the save in progress completes (status 143) |
+| full disk during epoch 2 (file size limit on the process) | error: RUN/checkpoints/latest: saving step 8 failed (ValueError: ...File too large...); the run stopped and the latest complete checkpoint is epoch 1 (step 4): continue with --resume once the cause is fixed (e.g. disk space freed) | epoch-1 checkpoints; resume = uninterrupted run |
+| full disk while logging metrics (/dev/full) | MetricsLog: [Errno 28] No space left on device: 'RUN/metrics.jsonl'; train.py: error: RUN/metrics.jsonl: No space left on device; the run stopped and the latest complete checkpoint is ... | checkpoints |
+| store regenerated / pixels / proteins changed, then --resume | RUN/dataset.json: store_fingerprint: the store changed since this run started (pixels (crops.npy) differ); resume with the store it was trained on, or use another --config.workdir for a new run | run untouched |
+| --resume with another model, seed, learning rate | RUN/config.json: a run resumes only with the model, data and seed it started with; changed: model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides to resume, or ... | run untouched |
+| --resume with other batch size, loss weights, epochs | (accepted) | config_history.json: epochs 1-2 and 3- with their settings; config.json = latest |
+| latest checkpoint corrupted | warning: RUN/checkpoints/latest/8: unreadable checkpoint (ValueError: ...); resuming from the best checkpoint (epoch 2, step 8) instead; the unreadable one was moved to RUN/checkpoints/unreadable/latest-8 | damaged files set aside |
+| latest and best corrupted | RUN/checkpoints/latest/8: unreadable checkpoint (...); RUN/checkpoints/best/8: unreadable checkpoint (...); no intact checkpoint to resume from: move RUN/checkpoints aside to start the run over, or use another --config.workdir | everything |
+| partial last line of metrics.jsonl | warning: RUN/metrics.jsonl: line 11 is incomplete (the run stopped while writing it); ignored | every complete record |
+| damaged middle line of metrics.jsonl | read_metrics: RUN/metrics.jsonl: line 3: not valid JSON (Expecting property name ...) | file untouched |
+| truncated config.json / dataset.json | RUN/config.json: not valid JSON (line 40 column 5: ...; truncated or edited?); restore it from a copy of the run, or train a new run with another --config.workdir | run untouched |
+| workdir or RUN/checkpoints is a file | RUN/checkpoints: expected a folder for the run, found a file; move the file away or set --config.workdir to another folder | the file |
+| demo config, data.path mistyped | TYPO: store: no crop store here, and this config draws its synthetic cells only into DEMO (config.data.synthetic.path): check --config.data.path, or set --config.data.synthetic.path=TYPO to draw them there | nothing created |
+| demo config, data.path = an existing non-store folder | DIR: store: the folder exists but holds no crop store, and synthetic cells are only drawn into a new folder: move it away, or set --config.data.path to a crop store | the folder |
+| protein names 'P0' / ' P0' / 'P0 ' | warning: crops.csv: protein: stripped the surrounding whitespace of 2 value(s) (row 0: ' P0'), so that equal names are one class | one class P0 |
+| prepare: blank or NaN protein crops | (dropped; rejected.csv reasons 'blank', 'non_finite'; fields.csv rejected_blank, rejected_non_finite) | every usable crop |
+| prepare: same protein and nucleus channel | --protein-channel/--nucleus-channel: expected two different channels, found 1 for both; give the nuclear stain's channel index | nothing written |
+| prepare: a finite 1e39 pixel | FILE: FieldError: protein channel: values up to 1e+39 exceed the float32 range of the store (max 3.4e+38); rescale the images | other fields |
+| eval: no best checkpoint | RUN/checkpoints/best: no complete 'best' checkpoint: train first, evaluate the other checkpoint with --which latest, or pass --random_init | |
+"""
 
 import dataclasses
 import functools

@@ -133,9 +133,10 @@ def open_store(path: str | os.PathLike) -> CropStore:
     """Open and validate the crop store at ``path``; raises StoreError (one line: file, field, what) otherwise."""
     path = Path(path)
     if not path.is_dir():
-        raise _fail(path, "store", "expected a crop store directory, found " + ("a file" if path.exists() else "nothing")
-                    + "; check the path, or make a store with python -m cytoself_jax.prepare (microscope fields) or "
-                      "python -m cytoself_jax.import_crops (ready crops)")
+        found = "a file" if path.exists() else "nothing"
+        raise _fail(path, "store", f"expected a crop store directory, found {found}; check the path, or make a store "
+                                   "with python -m cytoself_jax.prepare (microscope fields) or python -m "
+                                   "cytoself_jax.import_crops (ready crops)")
     if not any((path / name).exists() for name in (META_FILE, IMAGES_FILE, TABLE_FILE)):
         raise _fail(path, "store", f"expected a crop store directory ({META_FILE}, {IMAGES_FILE}, {TABLE_FILE}), "
                                    "found a folder without them (make one with python -m cytoself_jax.import_crops)")
@@ -351,7 +352,8 @@ def fingerprint(store: CropStore, samples: int = 64) -> dict:
 def fingerprint_changes(saved: dict, now: dict) -> list[str]:
     """What differs between two fingerprints, in words ('shape [96, 32, 32, 3] -> [120, 32, 32, 3]', 'pixels',
     ...); empty when they match."""
-    out = [f"{key} {saved.get(key)} -> {now[key]}" for key in ("shape", "dtype", "channels") if saved.get(key) != now[key]]
+    out = [f"{key} {saved.get(key)} -> {now[key]}" for key in ("shape", "dtype", "channels")
+           if saved.get(key) != now[key]]
     if saved.get("table_sha256") != now["table_sha256"]:
         out.append(f"proteins or fields of view ({TABLE_FILE})")
     if saved.get("shape") == now["shape"] and saved.get("pixels_sha256") != now["pixels_sha256"]:

@@ -142,7 +142,8 @@ class Checkpointer:
             )
             return out.state, LoopState.from_json(out.loop)
         except Exception as err:  # noqa: BLE001 - a damaged file surfaces as any of orbax's or tensorstore's errors
-            raise CheckpointError(f"{self.root / which / str(step)}: unreadable checkpoint ({_one_line(err)})") from None
+            raise CheckpointError(f"{self.root / which / str(step)}: unreadable checkpoint ({_one_line(err)})") \
+                from None
 
     def restore_intact(self, target: TrainState) -> tuple[TrainState, LoopState, str]:
         """The newest readable checkpoint: 'latest', else 'best' (with a warning, the unreadable 'latest' moved to

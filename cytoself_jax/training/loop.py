@@ -51,8 +51,8 @@ def ensure_dataset(data_cfg: ml_collections.ConfigDict) -> CropStore:
         asked = bool(syn.path) and path.absolute() == Path(syn.path).absolute()
         if not asked:
             raise StoreError(f"{path}: store: no crop store here, and this config draws its synthetic cells only "
-                             f"into {syn.path or '(no folder)'} (config.data.synthetic.path): check --config.data.path, "
-                             f"or set --config.data.synthetic.path={path} to draw them there")
+                             f"into {syn.path or '(no folder)'} (config.data.synthetic.path): check "
+                             f"--config.data.path, or set --config.data.synthetic.path={path} to draw them there")
         if path.exists():
             raise StoreError(f"{path}: store: the folder exists but holds no crop store, and synthetic cells are only "
                              "drawn into a new folder: move it away, or set --config.data.path to a crop store")
@@ -210,7 +210,8 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         except (OSError, CheckpointSaveError) as err:  # a write into the run failed (a full disk): say so at once
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             raise RunStoppedError(f"{where}{getattr(err, 'strerror', None) or err}; the run stopped and "
-                                  f"{describe_latest(run_dir)} once the cause is fixed (e.g. disk space freed)") from None
+                                  f"{describe_latest(run_dir)} once the cause is fixed (e.g. disk space freed)"
+                                  ) from None
         finally:
             checkpointer.close()  # completes the saves in flight: the latest checkpoint is whole even on errors
 

@@ -96,7 +96,8 @@ def check_run_dir(run_dir: Path) -> None:
     """Refuse (NotADirectoryError, one line) a run directory, or a folder the run writes into, that is a file,
     before any work starts."""
     run_dir = Path(run_dir)
-    for path in (run_dir, run_dir / "checkpoints", run_dir / "checkpoints" / "latest", run_dir / "checkpoints" / "best"):
+    checkpoints = run_dir / "checkpoints"
+    for path in (run_dir, checkpoints, checkpoints / "latest", checkpoints / "best"):
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{path}: expected a folder for the run, found a file; move the file away or set "
                                      "--config.workdir to another folder")
