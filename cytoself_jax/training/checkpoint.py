@@ -8,13 +8,15 @@ checkpoint that a later restore could pick up half-written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 try:
     import fcntl
@@ -42,7 +44,20 @@ class CheckpointSaveError(CheckpointError):
     """A checkpoint could not be written (a full disk); the previous one is intact."""
 
 
-def _one_line(err: BaseException, width: int = 200) -> str:
+@contextlib.contextmanager
+def _orbax_errors_unlogged() -> Iterator[None]:
+    """Within the block, orbax's own error logs (through absl, with tracebacks) are dropped: a failure there raises
+    an exception that this module reports in one line."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _one_line(err: BaseException, width: int = 160) -> str:
     """'TypeName: first line of the message', shortened: orbax's errors span pages."""
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     text = f"{type(err).__name__}: {first}" if first else type(err).__name__
@@ -94,7 +109,9 @@ class Checkpointer:
             # the next save, so a folder could outlive the constructor.
             for tmp in self.root.glob(f"*/*{_ORBAX_TMP_MARK}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False)
+        # Synchronous saves: the loop waits for each save anyway (a failed one must stop the run at once), and
+        # orbax's background threads would report a failure again in pages of tracebacks.
+        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, enable_async_checkpointing=False)
         self._managers = {
             name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
             for name in ("latest", "best")
@@ -113,11 +130,10 @@ class Checkpointer:
         # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
         host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
         try:
-            with signals_held():  # Ctrl-C or SIGTERM during the save stop the run once it is complete
+            with signals_held(), _orbax_errors_unlogged():  # Ctrl-C or SIGTERM stop the run once it is complete
                 (self.root / which).mkdir(parents=True, exist_ok=True)
                 mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
                                                        loop=ocp.args.JsonSave(loop.to_json())))
-                mgr.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many types for one failed write
             raise CheckpointSaveError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
 
@@ -137,9 +153,9 @@ class Checkpointer:
             raise FileNotFoundError(f"{mgr.directory}: no complete '{which}' checkpoint found")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
-            out = mgr.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
-            )
+            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
+            with _orbax_errors_unlogged():
+                out = mgr.restore(step, args=args)
             return out.state, LoopState.from_json(out.loop)
         except Exception as err:  # noqa: BLE001 - a damaged file surfaces as any of orbax's or tensorstore's errors
             raise CheckpointError(f"{self.root / which / str(step)}: unreadable checkpoint ({_one_line(err)})") \
