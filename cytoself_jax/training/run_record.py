@@ -25,9 +25,10 @@ HISTORY_FILE = "config_history.json"
 _NEW_RUN = "use another --config.workdir for a new run"
 
 # Config fields that must not change when a run is resumed: they change the model or what it learns from, or the
-# checkpoint fixes them (its learning-rate schedule continues from the saved learning rate).
+# checkpoint fixes them (its learning-rate schedule continues from the saved learning rate, its best value is one
+# of the monitored quantity).
 RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "data.split_seed", "seed",
-                "train.learning_rate")
+                "train.learning_rate", "train.monitor")
 # Switches inside those that change neither the parameters nor the results: a run may resume with them flipped,
 # and a run saved before they existed has none.
 RESUME_FREE = ("model.remat_decoders",)
