@@ -9,6 +9,7 @@ says which checkpoint --resume continues from (the epoch in progress is trained 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -78,7 +79,12 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         result = train(_CONFIG.value, resume=_RESUME.value)
-    except (ValueError, OSError, NonFiniteLossError, RunStoppedError) as e:  # input checks raise ValueError subclasses
+    except RunStoppedError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        # the failed write's native threads may still print as the process ends: the line above stays the last
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        sys.exit(1)
+    except (ValueError, OSError, NonFiniteLossError) as e:  # input checks raise ValueError subclasses
         sys.exit(f"error: {e}")
     except (KeyboardInterrupt, Terminated) as e:  # a checkpoint save in progress was completed first
         terminated = isinstance(e, Terminated)

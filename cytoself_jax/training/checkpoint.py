@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,6 +44,34 @@ class CheckpointError(ValueError):
 
 class CheckpointSaveError(CheckpointError):
     """A checkpoint could not be written (a full disk); the previous one is intact."""
+
+
+@contextlib.contextmanager
+def _native_stderr_held(drop: bool = False) -> Iterator[None]:
+    """Within the block, what is written to file descriptor 2 (tensorstore's threads print a traceback for each
+    write still pending when a save fails) is held in a temporary file, then written out, or dropped when the
+    block raises or `drop` is set: the failure is reported in one line instead."""
+    try:
+        fd = sys.stderr.fileno()
+        held = tempfile.TemporaryFile()
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a captured stream), or no temporary file
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    os.dup2(held.fileno(), fd)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        if ok and not drop:
+            held.seek(0)
+            os.write(fd, held.read())
+        held.close()
 
 
 @contextlib.contextmanager
@@ -112,6 +142,7 @@ class Checkpointer:
         # Synchronous saves: the loop waits for each save anyway (a failed one must stop the run at once), and
         # orbax's background threads would report a failure again in pages of tracebacks.
         opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, enable_async_checkpointing=False)
+        self._save_failed = False
         self._managers = {
             name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
             for name in ("latest", "best")
@@ -130,11 +161,13 @@ class Checkpointer:
         # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
         host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
         try:
-            with signals_held(), _orbax_errors_unlogged():  # Ctrl-C or SIGTERM stop the run once it is complete
+            # Ctrl-C or SIGTERM stop the run once the save is complete
+            with signals_held(), _orbax_errors_unlogged(), _native_stderr_held():
                 (self.root / which).mkdir(parents=True, exist_ok=True)
                 mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
                                                        loop=ocp.args.JsonSave(loop.to_json())))
         except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many types for one failed write
+            self._save_failed = True
             raise CheckpointSaveError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
 
     def step(self, which: str) -> int | None:
@@ -201,8 +234,9 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for saves in flight, then release the managers."""
-        for mgr in self._managers.values():
-            mgr.close()
+        with _native_stderr_held(drop=self._save_failed):  # the failed save's pending writes report as they end
+            for mgr in self._managers.values():
+                mgr.close()
 
 
 def describe_latest(run_dir: Path) -> str:
