@@ -9,7 +9,6 @@ says which checkpoint --resume continues from (the epoch in progress is trained 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import sys
@@ -24,6 +23,15 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host: call jax.distributed.initialize() first (coordinator, process count and id from the cluster "
     "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+
+
+def _drop_closed_loop_reports(unraisable) -> None:
+    """sys.unraisablehook: after a failed checkpoint write (a full disk), tensorstore completes orbax's other pending
+    writes into its closed event loop and each reports 'Event loop is closed' as an unraisable error, pages of
+    tracebacks; the run reports the failure itself, in one line. Anything else is reported as usual."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _usage_error(message: str) -> None:
@@ -68,6 +76,7 @@ def main(argv: list[str]) -> None:
     # A failed checkpoint write (a full disk) makes asyncio log a traceback for each of orbax's pending write tasks;
     # the run reports the failure itself, in one line
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = _drop_closed_loop_reports
     from cytoself_jax.training.checkpoint import describe_latest
     from cytoself_jax.training.loop import NonFiniteLossError, RunStoppedError, train
     from cytoself_jax.training.signals import Terminated, raise_terminated
@@ -79,12 +88,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         result = train(_CONFIG.value, resume=_RESUME.value)
-    except RunStoppedError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        # the failed write's native threads may still print as the process ends: the line above stays the last
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-        sys.exit(1)
-    except (ValueError, OSError, NonFiniteLossError) as e:  # input checks raise ValueError subclasses
+    except (ValueError, OSError, NonFiniteLossError, RunStoppedError) as e:  # input checks raise ValueError subclasses
         sys.exit(f"error: {e}")
     except (KeyboardInterrupt, Terminated) as e:  # a checkpoint save in progress was completed first
         terminated = isinstance(e, Terminated)

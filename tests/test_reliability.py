@@ -8,7 +8,7 @@ Faults tried (besides BAD_INPUTS and the command-line cases below), with the mes
 |---|---|---|
 | SIGKILL mid-save, mid-epoch | (none: killed) | last complete checkpoint; resume = uninterrupted run |
 | SIGTERM mid-save | terminated (SIGTERM): the latest complete checkpoint is epoch 1 (step 4): continue with --resume | the save in progress completes (status 143) |
-| full disk during epoch 2 (file size limit on the process) | error: RUN/checkpoints/latest: saving step 8 failed (ValueError: ...File too large...); the run stopped and the latest complete checkpoint is epoch 1 (step 4): continue with --resume once the cause is fixed (e.g. disk space freed) | epoch-1 checkpoints; resume = uninterrupted run |
+| full disk during epoch 2 (file size limit on the process) | error: RUN/checkpoints/latest: saving step 8 failed (File too large [errno 27]); the run stopped and the latest complete checkpoint is epoch 1 (step 4): continue with --resume once the cause is fixed (e.g. disk space freed) | epoch-1 checkpoints; resume = uninterrupted run |
 | full disk while logging metrics (/dev/full) | MetricsLog: [Errno 28] No space left on device: 'RUN/metrics.jsonl'; train.py: error: RUN/metrics.jsonl: No space left on device; the run stopped and the latest complete checkpoint is ... | checkpoints |
 | store regenerated / pixels / proteins changed, then --resume | RUN/dataset.json: store_fingerprint: the store changed since this run started (pixels (crops.npy) differ); resume with the store it was trained on, or use another --config.workdir for a new run | run untouched |
 | --resume with another model, seed, learning rate | RUN/config.json: a run resumes only with the model, data and seed it started with; changed: model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides to resume, or ... | run untouched |
@@ -225,7 +225,7 @@ def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_p
     assert "Traceback" not in text and len(text.splitlines()) < 40, text[-3000:]
     assert re.fullmatch(
         rf"error: {re.escape(str(run / 'checkpoints' / 'latest'))}: saving step {2 * STEPS_PER_EPOCH} failed "
-        rf"\(.*File too large.*\); the run stopped and the latest complete checkpoint is epoch 1 \(step "
+        rf"\(File too large \[errno 27\]\); the run stopped and the latest complete checkpoint is epoch 1 \(step "
         rf"{STEPS_PER_EPOCH}\): continue with --resume once the cause is fixed \(e.g. disk space freed\)",
         text.strip().splitlines()[-1]), text[-3000:]
     assert _saved_steps(run) == (STEPS_PER_EPOCH, STEPS_PER_EPOCH)

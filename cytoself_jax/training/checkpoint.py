@@ -14,9 +14,8 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,34 +46,6 @@ class CheckpointSaveError(CheckpointError):
 
 
 @contextlib.contextmanager
-def _native_stderr_held(drop: bool = False) -> Iterator[None]:
-    """Within the block, what is written to file descriptor 2 (tensorstore's threads print a traceback for each
-    write still pending when a save fails) is held in a temporary file, then written out, or dropped when the
-    block raises or `drop` is set: the failure is reported in one line instead."""
-    try:
-        fd = sys.stderr.fileno()
-        held = tempfile.TemporaryFile()
-    except (AttributeError, OSError, ValueError):  # no file descriptor (a captured stream), or no temporary file
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    os.dup2(held.fileno(), fd)
-    ok = False
-    try:
-        yield
-        ok = True
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, fd)
-        os.close(saved)
-        if ok and not drop:
-            held.seek(0)
-            os.write(fd, held.read())
-        held.close()
-
-
-@contextlib.contextmanager
 def _orbax_errors_unlogged() -> Iterator[None]:
     """Within the block, orbax's own error logs (through absl, with tracebacks) are dropped: a failure there raises
     an exception that this module reports in one line."""
@@ -88,7 +59,11 @@ def _orbax_errors_unlogged() -> Iterator[None]:
 
 
 def _one_line(err: BaseException, width: int = 160) -> str:
-    """'TypeName: first line of the message', shortened: orbax's errors span pages."""
+    """'TypeName: first line of the message', shortened: orbax's errors span pages. An operating-system error
+    inside (tensorstore ends its message with it) is what is reported: 'No space left on device [errno 28]'."""
+    code = re.search(r"os_error_code='(\d+)'", str(err))
+    if code:
+        return f"{os.strerror(int(code.group(1)))} [errno {code.group(1)}]"
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     text = f"{type(err).__name__}: {first}" if first else type(err).__name__
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -142,7 +117,6 @@ class Checkpointer:
         # Synchronous saves: the loop waits for each save anyway (a failed one must stop the run at once), and
         # orbax's background threads would report a failure again in pages of tracebacks.
         opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, enable_async_checkpointing=False)
-        self._save_failed = False
         self._managers = {
             name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
             for name in ("latest", "best")
@@ -161,13 +135,11 @@ class Checkpointer:
         # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
         host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
         try:
-            # Ctrl-C or SIGTERM stop the run once the save is complete
-            with signals_held(), _orbax_errors_unlogged(), _native_stderr_held():
+            with signals_held(), _orbax_errors_unlogged():  # Ctrl-C or SIGTERM stop the run once it is complete
                 (self.root / which).mkdir(parents=True, exist_ok=True)
                 mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
                                                        loop=ocp.args.JsonSave(loop.to_json())))
         except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many types for one failed write
-            self._save_failed = True
             raise CheckpointSaveError(f"{self.root / which}: saving step {step} failed ({_one_line(err)})") from None
 
     def step(self, which: str) -> int | None:
@@ -234,9 +206,8 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for saves in flight, then release the managers."""
-        with _native_stderr_held(drop=self._save_failed):  # the failed save's pending writes report as they end
-            for mgr in self._managers.values():
-                mgr.close()
+        for mgr in self._managers.values():
+            mgr.close()
 
 
 def describe_latest(run_dir: Path) -> str:
