@@ -1,8 +1,7 @@
 """The interactive HTML atlas: file contents, then the page in a real headless chromium (load, draw, hover, search)."""
 import base64
 import io
-import shutil
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,10 @@ import pytest
 from cytoself_jax.analysis import atlas_html
 from cytoself_jax.analysis.common import AnalysisInputError
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-CHROMEDRIVER = shutil.which("chromedriver")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import html_atlas  # noqa: E402  (bench/html_atlas.py: the chromium driver the bench and this test share)
+
+wait_for = html_atlas.wait_for
 
 
 def small_atlas(tmp_path: Path, n_per_family: int = 6):
@@ -61,30 +62,12 @@ def test_write_atlas_html_is_self_contained(tmp_path):
 @pytest.fixture(scope="module")
 def browser():
     """Headless Debian chromium driven by selenium (.ci/run installs both)."""
-    if not (CHROMIUM and CHROMEDRIVER):
+    pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[test]')")
+    driver = html_atlas.headless_chromium(1200, 900)
+    if driver is None:
         pytest.skip("no chromium/chromedriver on PATH (apt-get install chromium chromium-driver; .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))  # no selenium-manager download
     yield driver
     driver.quit()
-
-
-def wait_for(driver, script: str, timeout: float = 60.0):
-    start = time.time()
-    while time.time() - start < timeout:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {script}")
 
 
 def test_atlas_page_in_chromium_draws_hovers_and_searches(tmp_path, browser):
