@@ -59,6 +59,46 @@ def wait_for(driver, script: str, timeout: float = 300.0):
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for: {script}")
 
 
+def hover_row(driver, row: int, timeout: float = 30.0) -> str:
+    """Move the real mouse onto the atlas point of crop `row` (its position in the eval table); returns the text
+    of plotly's hover label once it shows."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    trace, point = driver.execute_script(
+        "const g = document.getElementById('atlas'); for (let i = 0; i < g._fullData.length; i++) {"
+        " const c = g._fullData[i].customdata; if (c) for (let j = 0; j < c.length; j++) if (c[j] === arguments[0])"
+        " return [i, j]; } return null;", row)
+    px, py, width, height = driver.execute_script(
+        "const g = document.getElementById('atlas'), L = g._fullLayout, t = g._fullData[arguments[0]];"
+        "const r = g.getBoundingClientRect();"
+        "return [L._size.l + L.xaxis.l2p(t.x[arguments[1]]), L._size.t + L.yaxis.l2p(t.y[arguments[1]]),"
+        " r.width, r.height];", trace, point)
+    plot = driver.find_element(By.ID, "atlas")
+    ActionChains(driver).move_to_element_with_offset(plot, int(px - width / 2), int(py - height / 2)).perform()
+    return wait_for(driver, "const h = document.querySelector('.hoverlayer .hovertext');"
+                            " return h ? h.textContent : '';", timeout)
+
+
+def screenshot(html: Path, png: Path, row: int | None = None) -> str:
+    """Open an atlas.html, hover crop `row` (default: the first crop with its own thumbnail), save a PNG."""
+    driver = headless_chromium(1400, 900)
+    if driver is None:
+        raise benchlib.BenchError("no chromium/chromedriver on PATH (apt-get install chromium chromium-driver)")
+    try:
+        driver.get(Path(html).resolve().as_uri())
+        wait_for(driver, PLOTLY_DRAWN)
+        if row is None:
+            row = int(driver.execute_script("return Number(Object.keys(JSON.parse(document.getElementById("
+                                            "'atlas-meta').textContent).thumb_of)[0]);"))
+        label = hover_row(driver, row)
+        time.sleep(0.5)
+        driver.save_screenshot(str(png))
+        return label
+    finally:
+        driver.quit()
+
+
 def synthetic_points(n: int, proteins: int, families: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     protein = rng.integers(0, proteins, n)
@@ -107,7 +147,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bokeh", action="store_true", help="also measure the bokeh equivalent")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--screenshot", nargs=2, metavar=("HTML", "PNG"),
+                        help="instead: open an atlas.html, hover a crop (--row) and save a screenshot")
+    parser.add_argument("--row", type=int, default=None, help="crop hovered in the screenshot")
     args = parser.parse_args()
+    if args.screenshot:
+        print("hovered:", screenshot(Path(args.screenshot[0]), Path(args.screenshot[1]), args.row))
+        return
     xy, table = synthetic_points(args.points, args.proteins, args.families)
     rng = np.random.default_rng(1)
     start = time.perf_counter()

@@ -72,7 +72,6 @@ def browser():
 
 def test_atlas_page_in_chromium_draws_hovers_and_searches(tmp_path, browser):
     from PIL import Image
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     xy, table, thumbs = small_atlas(tmp_path)
@@ -95,21 +94,8 @@ def test_atlas_page_in_chromium_draws_hovers_and_searches(tmp_path, browser):
 
     # Hover the point of row 7 with the real mouse: plotly's label and the side panel name its protein.
     row = 7
-    trace, point = browser.execute_script(
-        "const g = document.getElementById('atlas'); for (let i = 0; i < g._fullData.length; i++) {"
-        " const c = g._fullData[i].customdata; if (c) for (let j = 0; j < c.length; j++) if (c[j] === arguments[0])"
-        " return [i, j]; } return null;", row)
-    px, py, width, height = browser.execute_script(
-        "const g = document.getElementById('atlas'), L = g._fullLayout, t = g._fullData[arguments[0]];"
-        "const r = g.getBoundingClientRect();"
-        "return [L._size.l + L.xaxis.l2p(t.x[arguments[1]]), L._size.t + L.yaxis.l2p(t.y[arguments[1]]),"
-        " r.width, r.height];", trace, point)
-    plot = browser.find_element(By.ID, "atlas")
-    ActionChains(browser).move_to_element_with_offset(plot, int(px - width / 2), int(py - height / 2)).perform()
     protein = table["protein"][row]
-    label = wait_for(browser, "const h = document.querySelector('.hoverlayer .hovertext');"
-                              " return h ? h.textContent : '';", timeout=20)
-    assert protein in label
+    assert protein in html_atlas.hover_row(browser, row)
     panel = browser.find_element(By.ID, "crop").text
     assert f"protein: {protein}" in panel and f"field: {table['fov'][row]}" in panel
     src = browser.find_element(By.CSS_SELECTOR, "#crop img").get_attribute("src")

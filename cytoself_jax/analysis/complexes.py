@@ -134,7 +134,7 @@ def plot_complexes(xy: np.ndarray, names, complexes: pd.DataFrame, table: pd.Dat
     ax_map.set_title("Complex subunits on the protein atlas (UMAP of mean embeddings)", fontsize=10)
     ax_map.set_xticks([]), ax_map.set_yticks([])
     y = np.arange(len(scored))[::-1]
-    ax_bar.barh(y, scored["neighbour_fraction"], color=[palette[n] for n in scored["complex"]])
+    ax_bar.barh(y, scored["neighbour_fraction"], height=0.6, color=[palette[n] for n in scored["complex"]])
     ax_bar.scatter(scored["null_fraction"], y, marker="|", s=120, color="black", label="permutation null (mean)")
     for yy, (_, r) in zip(y, scored.iterrows()):
         ax_bar.annotate(f"p={r['p_value']:.2g}, {int(r['present'])}/{int(r['subunits'])}",
