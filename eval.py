@@ -39,7 +39,7 @@ _NEIGHBOURS = flags.DEFINE_integer("neighbours", _D.neighbours, "Nearest protein
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of subsamples, UMAPs and example crops.")
 _SVG = flags.DEFINE_bool("svg", _D.svg, "Also write SVG copies of the atlas and spectra.")
 _THUMBS = flags.DEFINE_integer("atlas_thumbnails", _D.atlas_thumbnails,
-                               "atlas.html: crops with their own hover thumbnail (plus one per protein).")
+                               "atlas.html: crops with their own hover thumbnail (at least one per protein).")
 _PROBE_MAX = flags.DEFINE_integer("probe_max_crops", _D.probe_max_crops,
                                   "Linear probes: at most this many train and eval crops each (seeded subsample).")
 _COMPLEXES = flags.DEFINE_string("complexes", _D.complexes,

@@ -59,7 +59,7 @@ class EvalOptions:
     interpret: str = ""  # protein of the interpretation picture; '' = the first of `proteins`
     interpret_codes: int = 3  # spectrum peaks zeroed (each alone, then all together)
     neighbours: int = 10  # nearest proteins listed per protein
-    atlas_thumbnails: int = 2000  # atlas.html: crops with their own hover thumbnail (+ one per protein)
+    atlas_thumbnails: int = 2000  # atlas.html: crops with their own hover thumbnail (at least one per protein)
     probe_max_crops: int = 10_000  # linear probes: at most this many train and eval crops each (seeded subsample)
     complexes: str = ""  # CSV (protein, complex): complexes.csv/.png, tightness of each complex's subunits
     complex_permutations: int = 1000  # label permutations of the complexes' null
