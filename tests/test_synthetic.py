@@ -323,3 +323,15 @@ def test_complexes_share_their_family_pattern_and_are_listed_beside_the_store(tm
     with pytest.raises(S.SyntheticError, match=r"synthetic: complexes: 2 complexes of 3 proteins of one family need "
                                                r"more than 23 proteins"):
         S.make_proteins(23, seed=0, complexes=2)
+
+
+def test_training_draws_the_configs_complexes(tmp_path):
+    from cytoself_jax.config import paper_config
+    from cytoself_jax.training.loop import ensure_dataset
+
+    data = paper_config().data
+    data.path = str(tmp_path / "syn")
+    data.synthetic.update(proteins=23, crops_per_protein=1, fields_per_protein=1, size=32, complexes=1)
+    store = ensure_dataset(data)
+    assert len(store) == 23 and (tmp_path / "syn_complexes.csv").is_file()
+    assert pd.read_csv(tmp_path / "syn_complexes.csv")["protein"].tolist() == ["SYN001", "SYN012", "SYN023"]
