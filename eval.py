@@ -1,7 +1,6 @@
 """Evaluate a training run: python eval.py --ckpt RUN_DIR [--split test] [--data DIR] [--out DIR] [--random_init].
 
-Writes embeddings.h5ad, proteins.h5ad, metrics.json/.md, probe.csv, protein_profiles.csv, neighbours.csv, the
-interactive atlas.html and the pictures (with --complexes FILE also complexes.csv/.png) into one folder
+Writes embeddings.h5ad, metrics.json/.md, protein_profiles.csv, neighbours.csv and the pictures into one folder
 (default RUN_DIR/eval/<split>) and prints a summary table. Exit code 2 with one line on stderr when the run,
 its checkpoint, the data or an option is unusable; no partial output folder is left behind.
 """
@@ -36,8 +35,6 @@ _PROTEINS = flags.DEFINE_list("proteins", list(_D.proteins), "Proteins whose fea
 _INTERPRET = flags.DEFINE_string("interpret", _D.interpret, "Protein of the feature-interpretation picture.")
 _CODES = flags.DEFINE_integer("interpret_codes", _D.interpret_codes, "Spectrum peaks zeroed in the interpretation.")
 _NEIGHBOURS = flags.DEFINE_integer("neighbours", _D.neighbours, "Nearest proteins listed per protein.")
-_SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of subsamples, UMAPs and example crops.")
-_SVG = flags.DEFINE_bool("svg", _D.svg, "Also write SVG copies of the atlas and spectra.")
 _THUMBS = flags.DEFINE_integer("atlas_thumbnails", _D.atlas_thumbnails,
                                "atlas.html: crops with their own hover thumbnail (at least one per protein).")
 _PROBE_MAX = flags.DEFINE_integer("probe_max_crops", _D.probe_max_crops,
@@ -46,6 +43,8 @@ _COMPLEXES = flags.DEFINE_string("complexes", _D.complexes,
                                  "CSV of protein complexes (columns protein, complex): complexes.csv and .png.")
 _PERMS = flags.DEFINE_integer("complex_permutations", _D.complex_permutations,
                               "Label permutations of the complexes' null distribution.")
+_SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of subsamples, UMAPs and example crops.")
+_SVG = flags.DEFINE_bool("svg", _D.svg, "Also write SVG copies of the atlas and spectra.")
 
 
 def main(argv: list[str]) -> None:
@@ -60,9 +59,9 @@ def main(argv: list[str]) -> None:
         batch_size=_BATCH.value, umap_seeds=_SEEDS.value, umap_neighbors=_NEIGH.value, umap_min_dist=_MIN_DIST.value,
         umap_metric=_METRIC.value, knn_k=_KNN_K.value, knn_max_train=_KNN_MAX.value, map_max_crops=_MAP_MAX.value,
         family=_FAMILY.value, proteins=tuple(_PROTEINS.value), interpret=_INTERPRET.value,
-        interpret_codes=_CODES.value, neighbours=_NEIGHBOURS.value, seed=_SEED.value, svg=_SVG.value,
         atlas_thumbnails=_THUMBS.value, probe_max_crops=_PROBE_MAX.value, complexes=_COMPLEXES.value,
         complex_permutations=_PERMS.value,
+        interpret_codes=_CODES.value, neighbours=_NEIGHBOURS.value, seed=_SEED.value, svg=_SVG.value,
     )
     try:
         result = run_eval(_CKPT.value, options)
@@ -75,7 +74,7 @@ def main(argv: list[str]) -> None:
     print(summary_table(m))
     for note in m["notes"]:
         print(f"  note: {note}")
-    print(f"outputs: {result.out_dir} (atlas: {result.out_dir / 'atlas.html'}; table: {result.out_dir / 'metrics.md'})")
+    print(f"outputs: {result.out_dir} (atlas: {result.out_dir / 'atlas.png'}; table: {result.out_dir / 'metrics.md'})")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis import atlas, interpret, neighbours, plots, scores, spectrum
-from cytoself_jax.analysis import atlas_html, complexes, probe, proteins as protein_level
 from cytoself_jax.analysis.common import AnalysisInputError, group_means
 from cytoself_jax.analysis.embed import SplitOutputs, extract
+from cytoself_jax.analysis import atlas_html, complexes, probe, proteins as protein_level  # the evaluators
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import META_FILE, CropStore, open_store
