@@ -32,7 +32,8 @@ def paper_config() -> ml_collections.ConfigDict:
     # When set (>0 proteins), train.py draws the built-in synthetic data into `path` if that folder does not exist
     # yet; data.path must name the same folder (a mistyped data.path is refused, never drawn into).
     c.data.synthetic = ml_collections.ConfigDict(
-        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0, path="")
+        # complexes > 0: proteins of one family sharing a pattern, listed in <path>_complexes.csv (eval --complexes)
+        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0, complexes=0, path="")
     )
 
     c.model = ml_collections.ConfigDict()
