@@ -80,7 +80,7 @@ def test_families(tmp_path):
         store = import_crops(tmp_path / "src", tmp_path / "out", CHANNELS, families=tmp_path / "fam.csv",
                              family_protein_column="gene", family_column="loc", progress=False)
     assert list(store.table["family"]) == ["nucleolus"] * 3 + [""]
-    with pytest.raises(CropImportError, match=r"fam.csv: localization: column missing \(set --families-column\)"):
+    with pytest.raises(ValueError, match=r"fam.csv: family: column missing \(set --families-column\)"):
         import_crops(tmp_path / "src", tmp_path / "out2", CHANNELS, families=tmp_path / "fam.csv",
                      family_protein_column="gene", progress=False)
 
