@@ -1,10 +1,10 @@
-"""Import a folder of per-cell crops (one TIFF/PNG/NPY file per channel) into a crop store.
+r"""Import a folder of per-cell crops (one TIFF/PNG/NPY file per channel) into a crop store.
 
 The real yeast data (Lu et al. 2019) imports with this one command, run from the repository root::
 
-    python -m cytoself_jax.import_crops ../shared/data/yeast-lu2019/images data/yeast \\
-        --channel gfp=protein --channel rfp=fiducial \\
-        --pattern '(?P<protein>[^_]+)_(?P<fov>\\d+)_rfp_(?P<cell>\\d+)_(?P<channel>gfp|rfp)\\.tif' \\
+    python -m cytoself_jax.import_crops ../shared/data/yeast-lu2019/images data/yeast \
+        --channel gfp=protein --channel rfp=fiducial \
+        --pattern '(?P<protein>[^_]+)_(?P<fov>\d+)_rfp_(?P<cell>\d+)_(?P<channel>gfp|rfp)\.tif' \
         --families ../shared/data/yeast-lu2019/localization.csv
 
 giving 1,642 crops of 64x64x2 (float32), 5 proteins, 20 fields of view, families from the ``localization`` column
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "relative to SRC) instead of --pattern")
     parser.add_argument("--derive-distance", action="store_true",
                         help="add a 'distance' channel: signed distance to the edge of the nucleus channel's mask")
-    parser.add_argument("--distance-sigma", type=float, default=2.0,
+    parser.add_argument("--distance-sigma", type=float, default=1.0,
                         help="Gaussian low-pass (px) before the nucleus threshold; default: %(default)s")
     parser.add_argument("--families", help="CSV with a protein column and a family column")
     parser.add_argument("--families-protein-column", default="protein", help="default: %(default)s")

@@ -252,7 +252,7 @@ def _nucleus_distance(path: Path, sigma: float) -> np.ndarray | None:
 def import_crops(src: str | os.PathLike, out: str | os.PathLike, channels: Mapping[str, str], *,
                  pattern: str = DEFAULT_PATTERN, table: str | os.PathLike | None = None,
                  families: str | os.PathLike | None = None, family_protein_column: str = "protein",
-                 family_column: str = "", derive_distance: bool = False, distance_sigma: float = 2.0,
+                 family_column: str = "", derive_distance: bool = False, distance_sigma: float = 1.0,
                  overwrite: bool = False, progress: bool = True) -> CropStore:
     """Import the per-cell channel files under ``src`` (or listed in ``table``, paths relative to ``src``) into a
     new crop store at ``out``.
