@@ -122,12 +122,15 @@ def _open_compatible_store(path: Path, run_dir: Path, info: dict, fit: str = "")
 def default_out_dir(run_dir: Path, options: EvalOptions, run_store: str | Path = "") -> Path:
     """RUN_DIR/eval/<split> (best checkpoint), <split>-latest (latest) or <split>-random-init (untrained floor);
     for another store than the run's own (`run_store`), <split>...-<store name>; without splits (by_field=False),
-    RUN_DIR/embed/<store name>[-latest|-random-init]. A folder named after the data never holds the run's own eval."""
+    RUN_DIR/embed/<store name>[-latest|-random-init] (a store named 'store', as prepare writes OUT/store, is named
+    after its parent). A folder named after the data never holds the run's own eval."""
     suffix = "-random-init" if options.random_init else ("-latest" if options.which == "latest" else "")
+    data = Path(options.data or run_store).absolute()
+    name = _safe_name(data.parent.name if data.name == "store" else data.name)  # prepare writes OUT/store
     if not options.by_field:
-        return Path(run_dir) / "embed" / (_safe_name(Path(options.data or run_store).name) + suffix)
+        return Path(run_dir) / "embed" / (name + suffix)
     other = options.data and Path(options.data).resolve() != Path(run_store or options.data).resolve()
-    return Path(run_dir) / "eval" / (options.split + suffix + (f"-{_safe_name(Path(options.data).name)}" if other else ""))
+    return Path(run_dir) / "eval" / (options.split + suffix + (f"-{name}" if other else ""))
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
