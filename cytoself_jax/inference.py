@@ -18,10 +18,10 @@ import numpy as np
 
 from cytoself_jax.analysis.embed import extract, extract_arrays
 from cytoself_jax.data.store import META_FILE, CropStore
-from cytoself_jax.imaging.fit import FITS, Fit, FitError
+from cytoself_jax.imaging.fit import fit_for
 from cytoself_jax.run import Run, load_run
 
-__all__ = ["Embeddings", "Run", "embed_images", "embed_store", "load_run", "crop_fit"]
+__all__ = ["Embeddings", "Run", "embed_images", "embed_store", "load_run"]
 
 
 @dataclasses.dataclass
@@ -43,18 +43,6 @@ class Embeddings:
 
     def __len__(self) -> int:
         return len(self.global_vectors)
-
-
-def crop_fit(run: Run, size: Sequence[int], fit: str, where: str) -> Fit | None:
-    """The Fit bringing crops of `size` (H, W) to the run's input size; None when they already match. Refuses a
-    mismatch without an explicit `fit` ('center-crop' or 'resize'), naming `where` the crops come from."""
-    want = run.image_shape[:2]
-    if tuple(int(s) for s in size[:2]) == want:
-        return None
-    if fit not in FITS:
-        raise FitError(f"{where}: shape: the run {run.run_dir} takes {want[0]}x{want[1]} crops, these are "
-                       f"{size[0]}x{size[1]}: pass --center-crop or --resize (fit='center-crop' or 'resize')")
-    return Fit(fit, want)
 
 
 def _histograms(indices: np.ndarray, num_codes: int) -> np.ndarray:
@@ -88,7 +76,7 @@ def embed_images(run: Run, images: np.ndarray, *, channels: Sequence[str] | None
         raise ValueError(f"embed_images: channels: the run {run.run_dir} reads {list(run.channels)}, the array has "
                          f"{list(names)} (missing {missing})")
     images = images[..., [names.index(c) for c in run.channels]]
-    fitted = crop_fit(run, images.shape[1:3], fit, "embed_images: images")
+    fitted = fit_for(images.shape[1:3], run.image_shape[:2], fit, "embed_images: images")
     out = extract_arrays(run.model, run.variables, images, channels=run.channels, batch_size=batch_size,
                          local_vectors=True, fit=fitted, progress=progress)
     return _embeddings(run, out)
@@ -101,7 +89,7 @@ def embed_store(run: Run, store: CropStore, rows: np.ndarray | None = None, *, f
     if missing:
         raise ValueError(f"{store.path / META_FILE}: channels: the run {run.run_dir} reads {list(run.channels)}, the "
                          f"store has {list(store.channels)}")
-    fitted = crop_fit(run, store.image_shape[:2], fit, str(store.path / META_FILE))
+    fitted = fit_for(store.image_shape[:2], run.image_shape[:2], fit, str(store.path / META_FILE))
     rows = np.arange(len(store)) if rows is None else np.asarray(rows)
     out = extract(run.model, run.variables, store, rows, channels=run.channels, batch_size=batch_size,
                   local_vectors=True, fit=fitted, progress=progress)

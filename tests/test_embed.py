@@ -82,7 +82,8 @@ def test_other_crop_sizes_need_an_explicit_fit(run, tiny_store_path):
     store = open_store(tiny_store_path)
     small = _raw(store, np.arange(0, 96, 12))  # 8 crops of 32x32
     big = np.pad(small, ((0, 0), (4, 5), (3, 4), (0, 0)), mode="reflect")  # 41x39, the original at (4, 3)
-    with pytest.raises(FitError, match=r"takes 32x32 crops, these are 41x39: pass --center-crop or --resize"):
+    with pytest.raises(FitError, match=r"embed_images: images: shape: the model takes 32x32 crops, these are 41x39: "
+                                       r"pass --center-crop or --resize"):
         embed_images(run, big, progress=False)
     # Centre crop of 41x39 -> 32x32 starts at ((41-32)//2, (39-32)//2) = (4, 3): the original crops exactly.
     centred = embed_images(run, big, fit="center-crop", batch_size=8, progress=False)
@@ -186,6 +187,10 @@ def test_eval_never_replaces_a_folder_it_did_not_write(run_dir, tmp_path):
     (out / "metrics.json").write_text("{}")
     run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
     assert json.loads((out / "metrics.json").read_text())["run"]["split"] == "val"
+    (out / "my-figure.svg").write_text("<svg/>")  # a user's file added to eval's folder: not eval's to delete
+    with pytest.raises(EvalError, match=r"eval-out: --out: holds files eval did not write \(my-figure.svg\)"):
+        run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
+    (out / "my-figure.svg").unlink()
     store_path = json.loads((run_dir / "dataset.json").read_text())["store"]
     assert embed_cli.main(["--ckpt", str(run_dir), "--data", store_path, "--out", str(out), "--quiet"]) == 2
     assert json.loads((out / MARKER).read_text())["written_by"] == "eval"

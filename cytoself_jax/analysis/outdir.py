@@ -2,8 +2,9 @@
 
 A command (eval, embed) writes into a hidden sibling ``.<name>.tmp-<pid>`` that carries a marker file naming the
 command, then renames it into place, so a failed or killed run never leaves a partial folder. An existing folder
-is replaced only when it is empty or carries the same command's marker: a run directory, a data folder or any
-folder with other files is refused, never deleted. Stale temporary folders of killed processes (marker present,
+is replaced only when it is empty or carries the same command's marker and nothing besides the files the marker
+lists: a run directory, a data folder, any folder with other files (or a user's file added to an output) is
+refused, never deleted. Stale temporary folders of killed processes (marker present,
 process gone on this host) are removed when the command next writes beside them.
 """
 from __future__ import annotations
@@ -39,9 +40,17 @@ def check_replaceable(out: Path, command: str, option: str = "--out") -> None:
         return
     if not out.is_dir() or out.is_symlink():
         raise OutputFolderError(f"{out}: {option}: exists and is not a folder {command} wrote; choose another {option}")
-    if any(out.iterdir()) and read_marker(out).get("written_by") != command:
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    marker = read_marker(out)
+    if marker.get("written_by") != command:
         raise OutputFolderError(f"{out}: {option}: holds files {command} did not write (no {command} {MARKER}), so it "
                                 f"is never replaced; choose a new folder with {option} (or remove this one yourself)")
+    added = sorted(entries - set(marker.get("files", entries)) - {MARKER})
+    if added:
+        raise OutputFolderError(f"{out}: {option}: holds files {command} did not write ({', '.join(added[:3])}), so it "
+                                f"is never replaced; move them, or choose a new folder with {option}")
 
 
 def _alive(pid: int) -> bool:
@@ -95,6 +104,9 @@ def commit(tmp: Path, out: Path, command: str) -> None:
     """Move the finished staging folder to `out`, replacing only an earlier output of `command` (checked again:
     the folder may have appeared while the command ran)."""
     check_replaceable(out, command)
+    marker = read_marker(tmp)
+    marker["files"] = sorted(p.name for p in tmp.iterdir())
+    (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

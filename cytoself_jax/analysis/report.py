@@ -25,7 +25,7 @@ from cytoself_jax.analysis.embed import SplitOutputs, extract
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import SplitError, empty_split_message, split_by_field
 from cytoself_jax.data.store import META_FILE, CropStore, open_store
-from cytoself_jax.imaging.fit import FITS, Fit
+from cytoself_jax.imaging.fit import FITS, Fit, FitError, fit_for
 from cytoself_jax.run import has_checkpoint, load_run, load_run_config
 
 SPLITS = ("train", "val", "test", "all")
@@ -106,17 +106,10 @@ def _open_compatible_store(path: Path, run_dir: Path, info: dict, fit: str = "")
     if missing:
         raise EvalError(f"{path / META_FILE}: channels: the run {run_dir} was trained on {channels}, the store has "
                         f"{list(store.channels)} (incompatible checkpoint)")
-    want = tuple(int(s) for s in info["image_shape"][:2])
-    if store.image_shape[:2] == want:
-        return store, None
-    if not fit:
-        raise EvalError(f"{path / META_FILE}: shape: the run {run_dir} was trained on {want[0]}x{want[1]} crops, the "
-                        f"store has {store.image_shape[0]}x{store.image_shape[1]} (incompatible checkpoint; pass "
-                        "--center-crop or --resize to bring the crops to the run's size)")
-    if fit == "center-crop" and (store.image_shape[0] < want[0] or store.image_shape[1] < want[1]):
-        raise EvalError(f"{path / META_FILE}: shape: --center-crop: the store's {store.image_shape[0]}x"
-                        f"{store.image_shape[1]} crops are smaller than the run's {want[0]}x{want[1]}; use --resize")
-    return store, Fit(fit, want)
+    try:
+        return store, fit_for(store.image_shape[:2], info["image_shape"][:2], fit, f"{path / META_FILE}")
+    except FitError as e:
+        raise EvalError(f"{e} (the run {run_dir} was trained on them)") from None
 
 
 def default_out_dir(run_dir: Path, options: EvalOptions, run_store: str | Path = "") -> Path:
