@@ -150,7 +150,7 @@ def test_recipe_raw_fields_of_view(tmp_path, tiny_store_path):
     fields = tmp_path / "fields"
     for k, (protein, fov) in enumerate([("P1", "a"), ("P1", "b"), ("P2", "a"), ("P2", "b")]):
         field = draw_field(np.random.default_rng(k), (256, 256), 8, family="mitochondria" if protein == "P1"
-                           else "nucleoplasm")
+                           else "nucleus")
         (fields / protein).mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(fields / protein / f"{fov}.tif", np.stack([field.protein, field.nucleus]).astype(np.uint16))
     run_dir = make_run(tmp_path / "runs" / "demo", tiny_store_path, ("protein", "nucleus", "distance"))  # 32x32
