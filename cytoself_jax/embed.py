@@ -2,12 +2,13 @@
 never saw welcome.
 
     python -m cytoself_jax.embed --ckpt RUN --data STORE [--out DIR] [--center-crop | --resize] [--which latest]
+        [--random-init]
 
 Writes embeddings.h5ad (one row per crop: the global embedding, code histograms and indices, protein, fov,
 family) and, as far as the store's labels allow, the atlas, metrics.md/.json (clustering score of families,
 same-protein and same-family retrieval mAP, reconstruction error, codebook use), protein_profiles.csv,
-neighbours.csv and the spectra, into DIR (default RUN/embed/<store name>). Only a folder this command wrote
-is ever replaced. From Python, cytoself_jax.inference embeds numpy arrays.
+neighbours.csv and the spectra, into DIR (default RUN/embed/<store name>[-latest|-random-init]). Only a folder
+this command wrote is ever replaced. From Python, cytoself_jax.inference embeds numpy arrays.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="crop store to embed (python -m cytoself_jax.import_crops)")
     parser.add_argument("--out", default="", help="output folder (default: RUN/embed/<store name>)")
     parser.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint (default: best)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="the untrained model of the run's config instead of a checkpoint (a floor for every score)")
     fit = parser.add_mutually_exclusive_group()
     fit.add_argument("--center-crop", action="store_true", help="crops larger than the run's: keep the central window")
     fit.add_argument("--resize", action="store_true", help="crops of another size than the run's: resize (bilinear)")
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from cytoself_jax.analysis.report import EvalOptions, result_text, run_eval
 
     options = EvalOptions(split="all", by_field=False, data=args.data, out=args.out, which=args.which,
+                          random_init=args.random_init,
                           fit="center-crop" if args.center_crop else ("resize" if args.resize else ""),
                           batch_size=args.batch_size, umap_seeds=args.umap_seeds, seed=args.seed,
                           progress=not args.quiet)
