@@ -76,7 +76,7 @@ def embed_images(run: Run, images: np.ndarray, *, channels: Sequence[str] | None
         raise ValueError(f"embed_images: channels: the run {run.run_dir} reads {list(run.channels)}, the array has "
                          f"{list(names)} (missing {missing})")
     images = images[..., [names.index(c) for c in run.channels]]
-    fitted = fit_for(images.shape[1:3], run.image_shape[:2], fit, "embed_images: images")
+    fitted = fit_for(images.shape[1:3], run.image_shape[:2], fit, "embed_images: images", f"the run {run.run_dir}")
     out = extract_arrays(run.model, run.variables, images, channels=run.channels, batch_size=batch_size,
                          local_vectors=True, fit=fitted, progress=progress)
     return _embeddings(run, out)
@@ -89,7 +89,8 @@ def embed_store(run: Run, store: CropStore, rows: np.ndarray | None = None, *, f
     if missing:
         raise ValueError(f"{store.path / META_FILE}: channels: the run {run.run_dir} reads {list(run.channels)}, the "
                          f"store has {list(store.channels)}")
-    fitted = fit_for(store.image_shape[:2], run.image_shape[:2], fit, str(store.path / META_FILE))
+    fitted = fit_for(store.image_shape[:2], run.image_shape[:2], fit, str(store.path / META_FILE),
+                     f"the run {run.run_dir}")
     rows = np.arange(len(store)) if rows is None else np.asarray(rows)
     out = extract(run.model, run.variables, store, rows, channels=run.channels, batch_size=batch_size,
                   local_vectors=True, fit=fitted, progress=progress)

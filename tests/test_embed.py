@@ -82,8 +82,8 @@ def test_other_crop_sizes_need_an_explicit_fit(run, tiny_store_path):
     store = open_store(tiny_store_path)
     small = _raw(store, np.arange(0, 96, 12))  # 8 crops of 32x32
     big = np.pad(small, ((0, 0), (4, 5), (3, 4), (0, 0)), mode="reflect")  # 41x39, the original at (4, 3)
-    with pytest.raises(FitError, match=r"embed_images: images: shape: the model takes 32x32 crops, these are 41x39: "
-                                       r"pass --center-crop or --resize"):
+    with pytest.raises(FitError, match=r"embed_images: images: shape: the run .*run takes 32x32 crops, these are "
+                                       r"41x39: pass --center-crop or --resize"):
         embed_images(run, big, progress=False)
     # Centre crop of 41x39 -> 32x32 starts at ((41-32)//2, (39-32)//2) = (4, 3): the original crops exactly.
     centred = embed_images(run, big, fit="center-crop", batch_size=8, progress=False)
@@ -94,7 +94,7 @@ def test_other_crop_sizes_need_an_explicit_fit(run, tiny_store_path):
                                  anti_aliasing=True) for c in big])
     np.testing.assert_array_equal(resized.global_indices, embed_images(run, reference, batch_size=8,
                                                                        progress=False).global_indices)
-    with pytest.raises(FitError, match="smaller than the model's 32x32; use --resize"):
+    with pytest.raises(FitError, match=r"crops of 20x20 are smaller than the 32x32 the run .* takes; use --resize"):
         embed_images(run, small[:, :20, :20], fit="center-crop", progress=False)
 
 

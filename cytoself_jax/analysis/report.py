@@ -107,9 +107,10 @@ def _open_compatible_store(path: Path, run_dir: Path, info: dict, fit: str = "")
         raise EvalError(f"{path / META_FILE}: channels: the run {run_dir} was trained on {channels}, the store has "
                         f"{list(store.channels)} (incompatible checkpoint)")
     try:
-        return store, fit_for(store.image_shape[:2], info["image_shape"][:2], fit, f"{path / META_FILE}")
+        return store, fit_for(store.image_shape[:2], info["image_shape"][:2], fit, f"{path / META_FILE}",
+                              f"the run {run_dir}")
     except FitError as e:
-        raise EvalError(f"{e} (the run {run_dir} was trained on them)") from None
+        raise EvalError(str(e)) from None
 
 
 def default_out_dir(run_dir: Path, options: EvalOptions, run_store: str | Path = "") -> Path:

@@ -53,16 +53,18 @@ class Fit:
         return fit_crop(crop, self.size, self.how)
 
 
-def fit_for(size: tuple[int, int], want: tuple[int, int], how: str, where: str) -> Fit | None:
+def fit_for(size: tuple[int, int], want: tuple[int, int], how: str, where: str, model: str = "the model"
+            ) -> Fit | None:
     """The Fit bringing crops of `size` (H, W) to `want`; None when they match. Refuses (FitError, naming `where`
-    the crops come from) a mismatch without an explicit `how`, and a centre crop of crops smaller than `want`."""
+    the crops come from and the `model` that wants them) a mismatch without an explicit `how`, and a centre crop
+    of crops smaller than `want`."""
     size, want = tuple(int(s) for s in size[:2]), tuple(int(s) for s in want[:2])
     if size == want:
         return None
     if how not in FITS:
-        raise FitError(f"{where}: shape: the model takes {want[0]}x{want[1]} crops, these are {size[0]}x{size[1]}: "
+        raise FitError(f"{where}: shape: {model} takes {want[0]}x{want[1]} crops, these are {size[0]}x{size[1]}: "
                        "pass --center-crop or --resize (fit='center-crop' or 'resize')")
     if how == "center-crop" and (size[0] < want[0] or size[1] < want[1]):
-        raise FitError(f"{where}: shape: --center-crop: crops of {size[0]}x{size[1]} are smaller than the model's "
-                       f"{want[0]}x{want[1]}; use --resize")
+        raise FitError(f"{where}: shape: --center-crop: crops of {size[0]}x{size[1]} are smaller than the "
+                       f"{want[0]}x{want[1]} {model} takes; use --resize")
     return Fit(how, want)
