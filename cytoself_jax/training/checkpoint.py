@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cytoself_jax.jsonio import read_json
 from cytoself_jax.training.signals import signals_held
 from cytoself_jax.training.state import TrainState
 
@@ -263,47 +262,3 @@ def save_run_config(run_dir: Path, config: ml_collections.ConfigDict, dataset_in
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", json.loads(config.to_json()))
     write_json_atomic(run_dir / "dataset.json", dataset_info)
-
-
-def load_run_config(run_dir: Path) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, dataset_info) of a run directory, with a clear error when it is not one."""
-    run_dir = Path(run_dir)
-    for name in ("config.json", "dataset.json"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing: not a cytoself-jax run directory (made by train.py)")
-    action = "restore it from a copy of the run, or train a new run with another --config.workdir"
-    config = ml_collections.ConfigDict(read_json(run_dir / "config.json", action))
-    return config, read_json(run_dir / "dataset.json", action)
-
-
-@dataclasses.dataclass
-class TrainedModel:
-    """A trained model ready for inference: model.apply(variables, x, train=False)."""
-
-    model: Any
-    variables: dict
-    config: ml_collections.ConfigDict
-    dataset_info: dict
-    step: int
-
-
-def load_trained(run_dir: Path, which: str = "best") -> TrainedModel:
-    """The model of a run directory with its 'best' (default) or 'latest' checkpoint's variables (host arrays)."""
-    from cytoself_jax.training.state import build_model, create_train_state
-
-    config, info = load_run_config(run_dir)
-    image_shape = tuple(info["image_shape"])
-    model = build_model(config, image_shape, len(info["proteins"]))
-    target = jax.eval_shape(
-        lambda: create_train_state(model, image_shape, config.train.learning_rate, jax.random.PRNGKey(0))
-    )
-    checkpointer = Checkpointer(run_dir)
-    try:
-        if not checkpointer.has(which):
-            other = "best" if which == "latest" else "latest"
-            raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints' / which}: no complete checkpoint: train first, "
-                                    f"or load the '{other}' one")
-        state, _ = checkpointer.restore(which, target)
-    finally:
-        checkpointer.close()
-    return TrainedModel(model, {"params": state.params, **state.model_state}, config, info, int(state.step))
