@@ -128,7 +128,16 @@ def test_error_nan_pixels_name_the_file(tmp_path):
     bad = RNG.random((12, 10)).astype(np.float32)
     bad[3, 4] = np.nan
     _write(tmp_path / "src" / "P1" / "f1_2_dapi.npy", bad)
-    _expect_error(tmp_path, r"P1/f1_2_dapi.npy: pixels: expected finite values, found NaN")
+    _expect_error(tmp_path, r"P1/f1_2_dapi.npy: pixels: expected finite values within the float32 range .*found NaN")
+
+
+def test_error_a_finite_value_beyond_float32_is_not_called_nan(tmp_path):
+    """1e39 is finite in a float64 file but infinite in the float32 store: the message says which it may be."""
+    _folder(tmp_path / "src", ".npy", np.float64)
+    bad = RNG.random((12, 10))
+    bad[3, 4] = 1e39
+    _write(tmp_path / "src" / "P1" / "f1_2_dapi.npy", bad)
+    _expect_error(tmp_path, r"P1/f1_2_dapi.npy: pixels: .*\|x\| <= 3.4e38\), found NaN, infinity or a larger value")
 
 
 def test_error_blank_protein_crop(tmp_path):

@@ -363,7 +363,9 @@ def _bad_pixels_error(images: np.ndarray, bad: np.ndarray, cells: list[Cell], to
     others = f" ({bad.size - 1} more bad crop(s), e.g. {cells[bad[1]].files[tokens[protein]]})" if bad.size > 1 else ""
     if not finite.all():
         channel = int(np.flatnonzero(~finite)[0])
-        return CropImportError(f"{cells[bad[0]].files[tokens[channel]]}: pixels: expected finite values, found NaN "
-                               f"or infinity{others}")
+        # a finite value beyond float32's range (e.g. 1e39 in a float64 file) is infinite once in the store
+        return CropImportError(f"{cells[bad[0]].files[tokens[channel]]}: pixels: expected finite values within the "
+                               f"float32 range (|x| <= 3.4e38), found NaN, infinity or a larger value; rescale "
+                               f"or fix the image{others}")
     return CropImportError(f"{cells[bad[0]].files[tokens[protein]]}: pixels: expected a protein image, found a "
                            f"constant (blank) crop{others}")
