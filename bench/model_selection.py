@@ -13,7 +13,6 @@ python bench/model_selection.py runs/ablation/demo/*/ --out bench/results/model_
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,9 @@ import ml_collections
 import numpy as np
 
 import benchlib
-from cytoself_jax.training.checkpoint import LoopState, load_run_config
+from cytoself_jax.jsonio import read_json_lines
+from cytoself_jax.run import load_run_config
+from cytoself_jax.training.checkpoint import LoopState
 from cytoself_jax.training.losses import monitored_value
 from cytoself_jax.training.schedule import after_validation
 
@@ -30,15 +31,7 @@ MONITORS = ("loss", "loss_without_vq")
 
 def epoch_records(run_dir: Path) -> list[dict]:
     """The per-epoch records of a run's metrics.jsonl, one per epoch (the last write of an epoch wins)."""
-    by_epoch = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a partial last line of a killed run
-                continue
-            if r.get("kind") == "epoch":
-                by_epoch[r["epoch"]] = r
+    by_epoch = {r["epoch"]: r for r in read_json_lines(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
