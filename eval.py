@@ -45,6 +45,9 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.analysis.report import run_eval, summary_table
+    from cytoself_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # programs compiled by training or an earlier eval are loaded, not compiled again
 
     options = EvalOptions(
         split=_SPLIT.value, data=_DATA.value, out=_OUT.value, which=_WHICH.value, random_init=_RANDOM.value,

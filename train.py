@@ -61,8 +61,10 @@ def main(argv: list[str]) -> None:
     # orbax and grain log every checkpoint step at INFO through absl; keep the console for our own progress
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
+    from cytoself_jax.compile_cache import enable_compilation_cache
     from cytoself_jax.training.loop import NonFiniteLossError, train
 
+    enable_compilation_cache()  # a second run, and eval after it, load the compiled programs instead of compiling
     if _DISTRIBUTED.value:
         import jax
 
@@ -73,6 +75,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: the latest checkpoint is complete; continue with --resume")
+    if result.already_finished:
+        print(f"{result.run_dir}: this run is already finished; nothing to train (evaluate it with "
+              f"eval.py --ckpt {result.run_dir})")
     print(f"{result.loop.stop_reason}. best epoch {result.loop.best_epoch} "
           f"(val loss {result.loop.best_val_loss:.4f}); run directory: {result.run_dir}")
 

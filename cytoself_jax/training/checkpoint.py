@@ -126,6 +126,19 @@ class Checkpointer:
             mgr.close()
 
 
+def latest_loop_state(run_dir: Path) -> LoopState | None:
+    """The loop state saved with the complete 'latest' checkpoint (None when there is none); reads no arrays."""
+    checkpointer = Checkpointer(run_dir)
+    try:
+        mgr = checkpointer._managers["latest"]
+        step = mgr.latest_step()
+        if step is None:
+            return None
+        return LoopState.from_json(mgr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop)
+    finally:
+        checkpointer.close()
+
+
 def latest_step(run_dir: Path) -> int | None:
     """Step of the complete 'latest' checkpoint of a run directory (None when there is none); creates nothing."""
     checkpointer = Checkpointer(run_dir)

@@ -21,8 +21,8 @@ from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import TABLE_FILE, CropStore, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
-from cytoself_jax.training.checkpoint import (Checkpointer, LoopState, RunLock, latest_step, load_run_config,
-                                              save_run_config)
+from cytoself_jax.training.checkpoint import (Checkpointer, LoopState, RunLock, latest_loop_state,
+                                              load_run_config, save_run_config)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
@@ -130,6 +130,7 @@ class TrainResult:
     loop: LoopState
     val: dict[str, float]
     state: TrainState
+    already_finished: bool = False  # the run had finished before this call: nothing was trained
 
 
 def _check_train_config(config: ml_collections.ConfigDict) -> None:
@@ -163,10 +164,14 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     (an error, Ctrl-C), the checkpoint saves already started are completed before this returns or raises."""
     run_dir = Path(config.workdir)
     _check_train_config(config)
-    if latest_step(run_dir) is not None and not resume:
+    saved = None if resume else latest_loop_state(run_dir)
+    finished = saved is not None and bool(saved.stop_reason or saved.epoch >= config.train.max_epochs)
+    if saved is not None and not finished:
         raise FileExistsError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or set --config.workdir"
         )
+    # A finished run (the same command run again) is checked and opened like a resume; its loop has nothing to do.
+    resume = resume or finished
     if resume and (run_dir / "config.json").exists():
         _check_resumable(load_run_config(run_dir)[0], config, run_dir)
 
@@ -214,8 +219,10 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     with RunLock(run_dir):
         checkpointer = Checkpointer(run_dir, clean_tmp=True)
         try:
-            return _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
-                               dataset_info, steps, epoch_batches, val_batches)
+            result = _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
+                                 dataset_info, steps, epoch_batches, val_batches)
+            result.already_finished = finished
+            return result
         finally:
             checkpointer.close()  # completes the saves in flight: the latest checkpoint is whole even on errors
 
