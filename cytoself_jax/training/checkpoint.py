@@ -77,9 +77,12 @@ class Checkpointer:
             # the next save, so a folder could outlive the constructor.
             for tmp in self.root.glob(f"*/*{_ORBAX_TMP_MARK}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False)
+        # Own barrier names per manager: in a multi-host run 'latest' and 'best' save the same step at once, and
+        # orbax's barriers (keyed by step) would otherwise collide between them.
         self._managers = {
-            name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
+            name: ocp.CheckpointManager(self.root / name, item_names=("state", "loop"), options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=name)))
             for name in ("latest", "best")
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -93,7 +94,7 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
     n = 0
     n_dev = mesh.devices.size
     for batch in batches:
-        b = len(batch["label"])
+        b = len(batch["label"]) * jax.process_count()  # the global batch: every process holds an equal share
         placed = mesh_lib.shard_batch(batch, mesh) if b % n_dev == 0 else mesh_lib.replicate(batch, mesh)
         for k, v in jax.device_get(eval_step(state, placed)).items():  # summed on the host, in float64
             w = 1.0 if k.startswith(("correct_", "codes_")) else b
@@ -144,6 +145,9 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
                          f"{t.max_steps_per_epoch!r}")
     if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
         raise ValueError(f"config.train.learning_rate: expected a positive number, found {t.learning_rate!r}")
+    if jax.process_count() > 1 and t.eval_batch_size % jax.device_count():
+        raise ValueError(f"config.train.eval_batch_size: expected a multiple of the {jax.device_count()} devices of "
+                         f"the {jax.process_count()} processes, found {t.eval_batch_size}")
     if t.batch_size % jax.process_count():
         raise ValueError(f"config.train.batch_size: expected a multiple of the {jax.process_count()} processes, "
                          f"found {t.batch_size}")
@@ -205,8 +209,10 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         return make_dataset(store, splits["train"], batch_size=per_process, train=True, seed=config.seed,
                             epoch=epoch, drop_remainder=True, **data_kw)
 
-    val_batches = make_dataset(store, splits["val"], batch_size=config.train.eval_batch_size, train=False,
-                               seed=config.seed, epoch=0, drop_remainder=False, **data_kw)
+    # Several processes: equal shares of whole global batches (a partial last batch cannot be split across hosts)
+    val_batches = make_dataset(store, splits["val"], batch_size=config.train.eval_batch_size // jax.process_count(),
+                               train=False, seed=config.seed, epoch=0, drop_remainder=jax.process_count() > 1,
+                               **data_kw)
     epoch_batches(0)  # built once now so that a data setting it refuses fails before anything is written
 
     dataset_info = {
@@ -216,8 +222,9 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         "image_shape": list(image_shape),
         "split_sizes": {k: int(len(v)) for k, v in splits.items()},
     }
-    with RunLock(run_dir):
-        checkpointer = Checkpointer(run_dir, clean_tmp=True)
+    primary = jax.process_index() == 0  # in a multi-host run, the process that writes the run's files
+    with RunLock(run_dir) if primary else contextlib.nullcontext():
+        checkpointer = Checkpointer(run_dir, clean_tmp=primary)
         try:
             result = _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
                                  dataset_info, steps, epoch_batches, val_batches)
@@ -241,8 +248,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
             checkpointer.save("best", state, loop)  # no-op unless the run died between its last two saves
     elif resume:
         log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
-    save_run_config(run_dir, config, dataset_info)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    primary = jax.process_index() == 0
+    if primary:
+        save_run_config(run_dir, config, dataset_info)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
     metrics_log.truncate_after_epoch(loop.epoch)
 
     train_step = make_train_step(model, config.loss, mesh)
@@ -253,7 +262,7 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     while not loop.stop_reason and loop.epoch < config.train.max_epochs:
         epoch = loop.epoch
         state = with_learning_rate(state, loop.learning_rate)
-        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size, disable=not progress)
+        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size, disable=not (progress and primary))
         pending = None  # metrics of the previous step, read while the current one runs
         for _, batch in zip(range(steps), epoch_batches(epoch)):
             state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), step_key)
@@ -281,12 +290,12 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
             checkpointer.save("best", state, loop)
         for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
             log.warning("epoch %d: %s", epoch + 1, message)
-        if time.monotonic() - last_plot > _PLOT_EVERY_S:
+        if primary and time.monotonic() - last_plot > _PLOT_EVERY_S:
             plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
             last_plot = time.monotonic()
-        if progress:
+        if progress and primary:
             print(_epoch_summary(record, num_codes), flush=True)
-    if val:  # the final curves, whenever they were last drawn
+    if val and primary:  # the final curves, whenever they were last drawn
         plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
     if not loop.stop_reason:
         loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"

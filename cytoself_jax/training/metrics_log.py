@@ -12,25 +12,28 @@ from tqdm.auto import tqdm
 
 
 class MetricsLog:
-    """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'."""
+    """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'.
+    path None: records are dropped (the processes other than the first of a multi-host run)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | None):
+        self.path = None if path is None else Path(path)
 
     def truncate_after_epoch(self, epoch: int) -> None:
         """Drop records from epochs after `epoch` completed ones (work redone after a resume is logged again)."""
-        if not self.path.exists():
+        if self.path is None or not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["epoch"] < epoch]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        if self.path is None or not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
