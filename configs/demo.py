@@ -9,9 +9,10 @@ from cytoself_jax.config import apply_ablation, paper_config, small_model
 def base_config():
     """The experiment before any ablation switch (bench/ablation.py applies its overrides here)."""
     c = small_model(paper_config())
-    # narrower codes halve the decoder's work (it runs at the width of the concatenated quantized maps)
+    # narrow codes (the paper's decoders run at the code width) keep a CPU epoch short
     c.model.vq_local.code_dim = 16
     c.model.vq_global.code_dim = 16
+    c.model.decoder_min_features = 16
     c.data.path = "data/demo-synthetic"
     c.data.synthetic.update(proteins=40, crops_per_protein=120, fields_per_protein=6, size=48, seed=0)
     c.data.num_workers = 0

@@ -53,8 +53,14 @@ def paper_config() -> ml_collections.ConfigDict:
     c.model.vq_ema = False
     c.model.vq_ema_decay = 0.99
     c.model.vq_ema_epsilon = 1e-5
-    c.model.decoder_global_features = (288, 144)
-    c.model.decoder_local_features = (320, 160)
+    # 'paper': the decoders of the paper's own code (REFERENCE.md, "The paper's own code"): at the code width of
+    # each level, halving per block down to decoder_min_features; bilinear resizing of the global map.
+    # 'pytorch_reference': the PyTorch re-implementation's ~75x costlier decoders with the widths below (and
+    # nearest-neighbour resizing), kept for side-by-side benchmarks against it.
+    c.model.decoder = "paper"
+    c.model.decoder_min_features = 32
+    c.model.decoder_global_features = (288, 144)  # pytorch_reference only
+    c.model.decoder_local_features = (320, 160)  # pytorch_reference only
     c.model.residual_units = 2
     # Recompute the decoders' upsampling, BatchNorm and SiLU in the backward pass instead of keeping them:
     # the decoders hold ~96% of the activations; same results, for batches that do not fit otherwise.
@@ -63,9 +69,16 @@ def paper_config() -> ml_collections.ConfigDict:
     c.model.head_hidden = 1000
     c.model.head_dropout = 0.5
 
-    # Total loss = sum of weighted terms (REFERENCE.md): image reconstruction / var(input), decoder2's
-    # reconstruction of the local quantized map, both VQ losses, both classifier cross-entropies.
+    # Total loss = sum of weighted terms (REFERENCE.md): image reconstruction / the training data's variance,
+    # decoder2's reconstruction of encoder1's output, both VQ losses, both classifier cross-entropies.
     c.loss = ml_collections.ConfigDict(dict(reconstruction=1.0, local_prediction=1.0, vq=1.0, classification=1.0))
+    # decoder2's target: 'z_local' (the paper: encoder1's output before quantization, gradients flowing into
+    # encoder1) or 'quantized_local' (the stop-gradient quantized local map, this project's earlier choice).
+    c.loss.local_prediction_target = "z_local"
+    # The reconstruction MSE is divided by 'dataset': one constant, the pixel variance of the training split
+    # (dataset.json 'data_variance'), as both reference codes do; 'batch': each batch's own variance (runs saved
+    # before this field existed; it makes the validation loss depend on the eval batch size).
+    c.loss.reconstruction_variance = "dataset"
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64
@@ -78,6 +91,13 @@ def paper_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 256
     c.train.log_every_steps = 10
     c.train.min_codebook_perplexity = 0.0  # warn when a codebook's validation perplexity falls below this
+    # Model selection (best checkpoint, plateau schedule, early stop) follows config.train.monitor on the
+    # validation split, and only from epoch select_from_epoch on (1-based; the paper's callbacks_start_from):
+    # earlier epochs are never "best" and count towards no patience. 'loss': the total loss (the paper);
+    # 'loss_without_vq': the total without the VQ terms, which grow as codes come into use. Defaults measured in
+    # docs/PAPER_MODEL.md.
+    c.train.monitor = "loss_without_vq"
+    c.train.select_from_epoch = 3
     return c
 
 
@@ -109,7 +129,7 @@ def small_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     m.encoder_global.stages = ((4, 3, 2, 32, 1), (4, 5, 2, 48, 1), (4, 5, 2, 64, 1), (4, 3, 1, 96, 1))
     m.vq_local.update(num_codes=512, code_dim=32, num_splits=1)
     m.vq_global.update(num_codes=512, code_dim=32, num_splits=4)
-    m.decoder_global_features = (64, 48)
+    m.decoder_global_features = (64, 48)  # pytorch_reference only
     m.decoder_local_features = (48, 32)
     m.residual_units = 1
     m.head_hidden = 256

@@ -42,6 +42,7 @@ def tiny_config(workdir: Path, data_path: Path):
     m.encoder_global.update(stem_features=8, stem_stride=1, stages=((2, 3, 2, 16, 1), (2, 3, 2, 16, 1)))
     m.vq_local.update(num_codes=32, code_dim=8, num_splits=1)
     m.vq_global.update(num_codes=32, code_dim=8, num_splits=2)
+    m.decoder_min_features = 8  # the paper decoder at the code width (8); pytorch_reference uses the two below
     m.decoder_global_features = (16,)
     m.decoder_local_features = (16, 8)
     m.residual_units = 1

@@ -49,18 +49,36 @@ def count(tree):
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
 
 
-@pytest.fixture(scope="module")
-def paper_100():
-    model = make_model(paper_config().model, (100, 100, 2), 1311)
+def _intermediates(decoder: str):
+    cfg = paper_config().model
+    cfg.decoder = decoder
+    model = make_model(cfg, (100, 100, 2), 1311)
     x = jax.ShapeDtypeStruct((3, 100, 100, 2), jnp.float32)
     variables, (out, state) = abstract(model, x, capture_intermediates=True, mutable=["intermediates"])
     return variables, out, state["intermediates"]
 
 
+@pytest.fixture(scope="module")
+def paper_100():
+    return _intermediates("paper")
+
+
+@pytest.fixture(scope="module")
+def reference_100():
+    return _intermediates("pytorch_reference")
+
+
+def _shape(inter, *path):
+    node = inter
+    for p in path:
+        node = node[p]
+    return node["__call__"][0].shape
+
+
 def test_paper_model_shapes(paper_100):
     _, out, inter = paper_100
     chex.assert_shape(out.reconstruction, (3, 100, 100, 2))
-    chex.assert_shape([out.vq_local.quantized, out.local_prediction], (3, 25, 25, 64))
+    chex.assert_shape([out.vq_local.quantized, out.local_prediction, out.z_local], (3, 25, 25, 64))
     chex.assert_shape(out.vq_local.indices, (3, 25, 25, 1))  # 625 codes per image
     chex.assert_shape(out.vq_global.quantized, (3, 4, 4, 576))
     chex.assert_shape(out.vq_global.indices, (3, 4, 4, 9))  # 144 codes per image
@@ -68,39 +86,72 @@ def test_paper_model_shapes(paper_100):
     chex.assert_shape(list(out.logits.values()), (3, 1311))
     chex.assert_type([out.vq_local.indices, out.vq_global.indices], jnp.int32)
     chex.assert_type([out.vq_local.loss, out.vq_global.loss, *out.logits.values()], jnp.float32)
+    shape = lambda *path: _shape(inter, *path)  # noqa: E731
 
-    def shape(*path):
-        node = inter
-        for p in path:
-            node = node[p]
-        return node["__call__"][0].shape
-
-    # Every module on the way: encoders, decoder blocks (upsampled to the sizes the encoders passed), heads.
+    # Every module on the way: encoders, heads.
     assert shape("encoder_local", "stem") == (3, 50, 50, 32)
     assert shape("encoder_local") == (3, 25, 25, 64)
     assert shape("encoder_global", "stem") == (3, 25, 25, 40)
     assert shape("encoder_global") == (3, 4, 4, 576)
+    assert shape("heads_local", "hidden") == shape("heads_global", "hidden") == (3, 1000)
+    # The paper's decoders (REFERENCE.md, "The paper's own code"): a first 3x3 conv to the code width (64), then per
+    # block x2 bilinear upsampling, 2 residual layers at the block's input width, and a 'valid' conv after zero
+    # padding to the target size with the width halved (min 32).
+    # decoder1: 640 -> 64 at 25x25, 64 -> 32 at 50x50, 32 -> 32 at 100x100, a linear 3x3 conv to the 2 channels.
+    assert shape("decoder_local", "first") == (3, 25, 25, 64)
+    assert [shape("decoder_local", "block0", f"res{i}") for i in range(2)] == [(3, 50, 50, 64)] * 2
+    assert shape("decoder_local", "block0") == (3, 50, 50, 32)
+    assert [shape("decoder_local", "block1", f"res{i}") for i in range(2)] == [(3, 100, 100, 32)] * 2
+    assert shape("decoder_local", "block1") == (3, 100, 100, 32)
+    assert shape("decoder_local") == (3, 100, 100, 2)
+    # decoder2: 576 -> 64 at 4x4; 3 blocks (ceil(log2(25/4))): upsampled 8 -> 7, 14 -> 13, 26 -> 25; the last block
+    # outputs the local code width (64), with no final linear conv.
+    assert shape("decoder_global", "first") == (3, 4, 4, 64)
+    assert [shape("decoder_global", f"block{i}", "res1") for i in range(3)] == [(3, 8, 8, 64), (3, 14, 14, 32),
+                                                                                (3, 26, 26, 32)]
+    assert [shape("decoder_global", f"block{i}") for i in range(3)] == [(3, 7, 7, 32), (3, 13, 13, 32), (3, 25, 25, 64)]
+    assert "out" not in inter["decoder_global"]
+
+
+def test_reference_decoder_shapes(reference_100):
+    """config.model.decoder='pytorch_reference': the PyTorch re-implementation's 640 -> 320 -> 160 decoders."""
+    _, out, inter = reference_100
+    shape = lambda *path: _shape(inter, *path)  # noqa: E731
+    assert "first" not in inter["decoder_local"] and "first" not in inter["decoder_global"]
     assert [shape("decoder_global", f"block{i}") for i in range(3)] == [(3, 7, 7, 288), (3, 13, 13, 144), (3, 25, 25, 64)]
     assert [shape("decoder_local", f"block{i}") for i in range(2)] == [(3, 50, 50, 320), (3, 100, 100, 160)]
     assert shape("decoder_local") == (3, 100, 100, 2)
-    assert shape("heads_local", "hidden") == shape("heads_global", "hidden") == (3, 1000)
+    chex.assert_shape(out.reconstruction, (3, 100, 100, 2))
 
 
-def test_paper_model_parameter_count(paper_100):
+def _paper_decoder_params(width_in: int, hidden: int, blocks: list[tuple[int, int]], out: int = 0) -> int:
+    """The paper decoder's parameters counted from its layer shapes: 3x3 convs with bias, BatchNorm scale + offset.
+    blocks: (residual width, output width) per block; out: channels of the final linear conv (0: none)."""
+    conv_bn = lambda cin, cout: 9 * cin * cout + cout + 2 * cout  # noqa: E731
+    n = conv_bn(width_in, hidden)
+    for res, width in blocks:
+        n += 2 * 2 * conv_bn(res, res) + conv_bn(res, width)
+    return n + (9 * blocks[-1][1] * out + out if out else 0)
+
+
+def test_parameter_counts_of_both_decoders(paper_100, reference_100):
     """The PyTorch reference (BENCHMARKS-ANCHOR.md) has 106,957,802 parameters: encoders 3.8M, decoders 38.4M,
-    codebooks 0.26M, classifier heads 64.5M. Ours: the same encoders, decoders and codebooks; heads are the
-    2-layer perceptrons on the flattened 25x25x64 and 4x4x576 maps (51.8M), 94.3M in all."""
-    params = paper_100[0]["params"]
-    encoders = count(params["encoder_local"]) + count(params["encoder_global"])
-    decoders = count(params["decoder_local"]) + count(params["decoder_global"])
-    heads = count(params["heads_local"]) + count(params["heads_global"])
-    assert encoders == pytest.approx(3.8e6, rel=0.02)
-    assert decoders == pytest.approx(38.4e6, rel=0.01)
-    assert count(params["vq_local"]) + count(params["vq_global"]) == 2 * 2048 * 64
+    codebooks 0.26M, classifier heads 64.5M. Ours with its decoders: the same encoders, decoders and codebooks;
+    heads are the 2-layer perceptrons on the flattened 25x25x64 and 4x4x576 maps (51.8M), 94.3M in all. The
+    paper's decoders have 1.18M parameters (57.1M in all)."""
     mlp = lambda n_in: n_in * 1000 + 1000 + 1000 * 1311 + 1311  # noqa: E731
-    assert heads == mlp(25 * 25 * 64) + mlp(4 * 4 * 576)
-    print(f"paper model: {count(params):,} parameters (encoders {encoders:,}, decoders {decoders:,}, heads {heads:,})")
-    assert count(params) == pytest.approx(94.3e6, rel=0.01)
+    for variables, decoders, total in ((reference_100[0], 38.4e6, 94.3e6), (paper_100[0], None, 57.1e6)):
+        params = variables["params"]
+        encoders = count(params["encoder_local"]) + count(params["encoder_global"])
+        assert encoders == pytest.approx(3.8e6, rel=0.02)
+        assert count(params["vq_local"]) + count(params["vq_global"]) == 2 * 2048 * 64
+        assert count(params["heads_local"]) + count(params["heads_global"]) == mlp(25 * 25 * 64) + mlp(4 * 4 * 576)
+        if decoders is not None:
+            assert count(params["decoder_local"]) + count(params["decoder_global"]) == pytest.approx(decoders, rel=0.01)
+        assert count(params) == pytest.approx(total, rel=0.01)
+    params = paper_100[0]["params"]
+    assert count(params["decoder_local"]) == _paper_decoder_params(640, 64, [(64, 32), (32, 32)], out=2)
+    assert count(params["decoder_global"]) == _paper_decoder_params(576, 64, [(64, 32), (32, 32), (32, 64)])
 
 
 @pytest.mark.parametrize("size,local,glob", [(64, 16, 2), (32, 8, 1)])
@@ -282,8 +333,12 @@ def test_from_config_accepts_a_json_round_trip():
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda m: m.update(decoder_global_features=(288,)), r"config\.model\.decoder_global_features: expected 2"),
-        (lambda m: m.update(decoder_local_features=(320, 160, 80)), r"config\.model\.decoder_local_features: expected 2"),
+        (lambda m: m.update(decoder="pytorch_reference", decoder_global_features=(288,)),
+         r"config\.model\.decoder_global_features: expected 2"),
+        (lambda m: m.update(decoder="pytorch_reference", decoder_local_features=(320, 160, 80)),
+         r"config\.model\.decoder_local_features: expected 2"),
+        (lambda m: m.update(decoder="tensorflow"), r"config\.model\.decoder: expected one of \('paper', 'pytorch_reference'\)"),
+        (lambda m: m.encoder_local.update(stem_stride=4), r"paper decoder: cannot go from 25 to 100 pixels"),
         (lambda m: m.vq_global.update(code_dim=0), r"config\.model\.vq_global\.code_dim: expected an integer >= 1"),
         (lambda m: m.encoder_local.update(stages=((1, 3, 1, 16, 1), (6, 3, 2, 24))), r"encoder_local\.stages\[1\]"),
         (lambda m: m.update(dtype="float16"), r"config\.model\.dtype: expected one of"),

@@ -229,7 +229,7 @@ def test_codebook_collapse_is_counted_and_warned(tiny_store_path):
     # every code far from the encoder's outputs but code 5: every position picks code 5, the other 31 are dead
     codebook = jnp.full_like(state.params["vq_local"]["codebook"], 1e3).at[5].set(0.0)
     collapsed = state.replace(params={**state.params, "vq_local": {"codebook": codebook}})
-    metrics = evaluate(make_eval_step(model, config.loss), collapsed, val, mesh)
+    metrics = evaluate(make_eval_step(model, config.loss, 0.1), collapsed, val, mesh)
     assert metrics["dead_codes_local"] == 31
     np.testing.assert_allclose(metrics["perplexity_local"], 1.0, rtol=1e-5)
     num_codes = {"local": 32, "global": 32}

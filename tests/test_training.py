@@ -14,7 +14,7 @@ from conftest import tiny_config
 
 from cytoself_jax.training import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState
-from cytoself_jax.training.losses import loss_terms, total_loss
+from cytoself_jax.training.losses import config_loss_terms, loss_terms, monitored_value, total_loss
 from cytoself_jax.training.loop import NonFiniteLossError, train
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.training.state import build_model, create_train_state, learning_rate, with_learning_rate
@@ -28,7 +28,7 @@ def _train_cfg(**kw):
 
 
 def test_schedule_plateau_drops_lr_then_restarts_counter_and_stops_early():
-    cfg = _train_cfg(plateau_patience=2, plateau_factor=0.1, early_stop_patience=5, max_epochs=100)
+    cfg = _train_cfg(plateau_patience=2, plateau_factor=0.1, early_stop_patience=5, max_epochs=100, select_from_epoch=1)
     loop = LoopState(learning_rate=1.0)
     losses = [5.0, 4.0, 4.5, 4.5, 4.5, 4.5, 4.5]
     lrs, best = [], []
@@ -44,20 +44,46 @@ def test_schedule_plateau_drops_lr_then_restarts_counter_and_stops_early():
     assert loop.epoch == 7
 
 
+def test_warm_up_epochs_are_never_best_and_count_towards_no_patience():
+    """The paper's callbacks_start_from: epochs before select_from_epoch (1-based) are not candidates; a warm-up
+    epoch with the lowest loss (a collapsed codebook's tiny VQ terms) does not become the best."""
+    cfg = _train_cfg(plateau_patience=1, plateau_factor=0.1, early_stop_patience=2, select_from_epoch=3)
+    loop = LoopState(learning_rate=1.0)
+    best = []
+    for v in [1.0, 1.5, 4.0, 3.0, 3.5, 3.5]:
+        loop, improved = after_validation(loop, v, cfg)
+        best.append(improved)
+    assert best == [False, False, True, True, False, False]
+    assert loop.best_epoch == 4 and loop.best_val_loss == 3.0
+    assert loop.stop_reason.startswith("early stop") and loop.epoch == 6
+    assert loop.learning_rate == pytest.approx(0.01)  # dropped after epochs 5 and 6, not during the warm-up
+
+
+def test_monitored_value_leaves_out_the_weighted_vq_terms():
+    weights = tiny_config("x", "y").loss
+    weights.update(vq=0.5)
+    val = {"loss": 10.0, "vq_local": 2.0, "vq_global": 4.0, "reconstruction": 1.0}
+    assert monitored_value(val, weights, "loss") == 10.0
+    assert monitored_value(val, weights, "loss_without_vq") == pytest.approx(10.0 - 0.5 * 6.0)
+    with pytest.raises(ValueError, match=r"config\.train\.monitor: expected"):
+        monitored_value(val, weights, "val_loss")
+
+
 def test_loss_terms_match_numpy():
     rng = np.random.default_rng(0)
     images = rng.random((4, 8, 8, 2)).astype(np.float32)
     recon = rng.random((4, 8, 8, 2)).astype(np.float32)
-    pred, target = rng.random((4, 2, 2, 3)).astype(np.float32), rng.random((4, 2, 2, 3)).astype(np.float32)
+    pred, target, z = (rng.random((4, 2, 2, 3)).astype(np.float32) for _ in range(3))
     logits = rng.normal(size=(4, 5)).astype(np.float32)
     labels = np.array([0, 3, 4, 1])
     vq = lambda q, loss: types.SimpleNamespace(quantized=jnp.asarray(q), loss=jnp.float32(loss))
     out = types.SimpleNamespace(reconstruction=recon, local_prediction=pred, vq_local=vq(target, 0.5),
                                 vq_global=vq(target, 0.25), logits={"global": jnp.asarray(logits)})
-    terms = loss_terms(out, jnp.asarray(images), jnp.asarray(labels))
+    out.z_local = jnp.asarray(z)
+    terms = loss_terms(out, jnp.asarray(images), jnp.asarray(labels), data_variance=0.2, local_target="quantized_local")
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = {
-        "reconstruction": np.mean((recon - images) ** 2) / np.var(images),
+        "reconstruction": np.mean((recon - images) ** 2) / 0.2,  # the training data's variance, not the batch's
         "local_prediction": np.mean((pred - target) ** 2),
         "vq_local": 0.5,
         "vq_global": 0.25,
@@ -68,6 +94,38 @@ def test_loss_terms_match_numpy():
     weights.update(reconstruction=2.0, classification=0.5)
     want = 2 * expected["reconstruction"] + expected["local_prediction"] + 0.75 + 0.5 * expected["classification_global"]
     np.testing.assert_allclose(float(total_loss(terms, weights)), want, rtol=1e-5)
+    # the paper's decoder2 target: encoder1's output before quantization
+    paper = config_loss_terms(weights, 0.2)(out, jnp.asarray(images), jnp.asarray(labels))
+    np.testing.assert_allclose(float(paper["local_prediction"]), np.mean((pred - z) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(float(paper["reconstruction"]), expected["reconstruction"], rtol=1e-5)
+    # runs saved before the constant existed divided by each batch's variance
+    weights.reconstruction_variance = "batch"
+    old = config_loss_terms(weights, None)(out, jnp.asarray(images), jnp.asarray(labels))
+    np.testing.assert_allclose(float(old["reconstruction"]), np.mean((recon - images) ** 2) / np.var(images), rtol=1e-5)
+    weights.reconstruction_variance = "dataset"
+    with pytest.raises(ValueError, match="dataset.json 'data_variance'"):
+        config_loss_terms(weights, None)
+
+
+def test_decoder2_target_passes_gradients_to_encoder1_only_in_the_paper_setting():
+    """'z_local': the gradient of local_prediction reaches z1 (encoder1 is pulled towards decoder2's output);
+    'quantized_local': the target is a constant."""
+    pred = jnp.ones((1, 2, 2, 3))
+    vq = types.SimpleNamespace(quantized=jnp.zeros((1, 2, 2, 3)), loss=jnp.float32(0))
+
+    def term(z, q, target):
+        out = types.SimpleNamespace(reconstruction=jnp.zeros((1, 4, 4, 1)), local_prediction=pred, z_local=z,
+                                    vq_local=types.SimpleNamespace(quantized=q, loss=jnp.float32(0)), vq_global=vq,
+                                    logits={})
+        return loss_terms(out, jnp.ones((1, 4, 4, 1)), jnp.zeros(1, jnp.int32), data_variance=1.0,
+                          local_target=target)["local_prediction"]
+
+    z = q = jnp.zeros((1, 2, 2, 3))
+    dz, dq = jax.grad(term, argnums=(0, 1))(z, q, "z_local")
+    np.testing.assert_allclose(dz, -2 * np.ones((1, 2, 2, 3)) / 12, rtol=1e-6)
+    assert not np.any(dq)
+    dz, dq = jax.grad(term, argnums=(0, 1))(z, q, "quantized_local")
+    assert not np.any(dz) and not np.any(dq)
 
 
 def _fixed_batch(n=8, size=32, classes=4, seed=0):
@@ -79,7 +137,7 @@ def _fixed_batch(n=8, size=32, classes=4, seed=0):
 def _run_steps(config, mesh, batch, steps):
     model = build_model(config, (32, 32, 2), 4)
     state = mesh_lib.replicate(create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0)), mesh)
-    step = make_train_step(model, config.loss, mesh)
+    step = make_train_step(model, config.loss, mesh, 0.1)
     losses = []
     for _ in range(steps):
         state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(1))
@@ -104,7 +162,7 @@ def test_one_device_and_eight_devices_give_the_same_training(tmp_path):
     state = create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0))
     grads = {}
     for name, mesh in (("one", mesh1), ("eight", mesh8)):
-        fn = jax.jit(functools.partial(loss_and_grads, model, config.loss),
+        fn = jax.jit(functools.partial(loss_and_grads, model, config.loss, data_variance=0.1),
                      in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)))
         grads[name] = jax.device_get(fn(mesh_lib.replicate(state, mesh), mesh_lib.shard_batch(batch, mesh),
                                         jax.random.PRNGKey(1)))
@@ -127,7 +185,7 @@ def test_remat_decoders_gives_the_same_loss_and_gradients_from_the_same_params(t
         config.model.remat_decoders = remat
         model = build_model(config, (32, 32, 2), 4)
         state = create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0))
-        fn = functools.partial(loss_and_grads, model, config.loss)
+        fn = functools.partial(loss_and_grads, model, config.loss, data_variance=0.1)
         results[remat] = jax.device_get(jax.jit(fn)(state, batch, jax.random.PRNGKey(1)))
         jaxprs[remat] = str(jax.make_jaxpr(fn)(state, batch, jax.random.PRNGKey(1)))
     # the switch is really on: each decoder block is one remat (decoder2 and decoder1 have 2 each), and only then

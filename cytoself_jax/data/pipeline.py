@@ -37,6 +37,27 @@ def normalize_crop(crop: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     return out
 
 
+def pixel_variance(store: CropStore, rows: np.ndarray, channels: Sequence[str], *, max_crops: int = 20_000,
+                   seed: int = 0) -> tuple[float, int]:
+    """(variance, crops used): the variance of every normalized pixel value (all channels together) of the crops
+    at rows, or of a seeded subsample of max_crops of them; the reconstruction loss's constant divisor (the paper's
+    `data_variance`, np.var of the training data). float64 accumulation."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise ValueError("pixel_variance: no crops to compute the training data's variance from")
+    if len(rows) > max_crops:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_crops, replace=False))
+    source = StoreSource(store, rows, channels)
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in range(len(source)):
+        x = source[i]["image"].astype(np.float64)
+        total += x.sum()
+        total_sq += np.square(x).sum()
+        count += x.size
+    mean = total / count
+    return float(max(total_sq / count - mean * mean, 0.0)), len(rows)
+
+
 def dihedral(image: np.ndarray, k: int) -> np.ndarray:
     """The k-th (0..7) of the 8 dihedral transforms of an (H, W, ...) image: rotate by 90 deg * (k % 4), then
     flip left-right when k >= 4."""

@@ -3,7 +3,11 @@
 Wiring (paper, Methods; both reference implementations): encoder1 maps the image to a continuous local map z1,
 quantized by VQ1 into the local representation q1; encoder2 encodes z1 (not q1) further into z2, quantized by VQ2
 into the global representation q2. decoder2 predicts the local map from q2; decoder1 reconstructs the image
-from concat(q1, q2 resized to the local size by nearest neighbour). Classifier heads read q1 and/or q2.
+from concat(q1, q2 resized to the local size). Classifier heads read q1 and/or q2.
+
+config.model.decoder picks the decoders and the resizing of q2 that go together: 'paper' (the paper's own code:
+narrow decoders at the code width, bilinear resizing) or 'pytorch_reference' (the PyTorch re-implementation:
+640 -> 320 -> 160 wide decoders, nearest-neighbour resizing), kept for side-by-side benchmarks.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from cytoself_jax.models.decoder import Decoder
+from cytoself_jax.models.decoder import DECODERS, Decoder, paper_padding, paper_widths
 from cytoself_jax.models.efficientnet import Encoder, Stage
 from cytoself_jax.models.heads import ClassifierHead
 from cytoself_jax.models.layers import ModelConfigError
@@ -37,6 +41,8 @@ MODEL_FIELDS = (
     "vq_ema",
     "vq_ema_decay",
     "vq_ema_epsilon",
+    "decoder",
+    "decoder_min_features",
     "decoder_global_features",
     "decoder_local_features",
     "residual_units",
@@ -45,8 +51,9 @@ MODEL_FIELDS = (
     "head_hidden",
     "head_dropout",
 )
-# Fields added after runs were first saved: a run's config.json without one gets this default.
-_MODEL_FIELD_DEFAULTS = {"remat_decoders": False}
+# Fields added after runs were first saved: a run's config.json without one gets this default, which is what the
+# code did before the field existed (runs saved before 'decoder' existed used the PyTorch reference's decoders).
+_MODEL_FIELD_DEFAULTS = {"remat_decoders": False, "decoder": "pytorch_reference", "decoder_min_features": 32}
 _ENCODER_FIELDS = ("stem_features", "stem_stride", "stages")
 _VQ_FIELDS = ("num_codes", "code_dim", "num_splits")
 _PREFIX = "config.model"
@@ -158,6 +165,8 @@ class ModelSpec:
     vq_ema: bool
     vq_ema_decay: float
     vq_ema_epsilon: float
+    decoder: str
+    decoder_min_features: int
     decoder_global_features: tuple[int, ...]
     decoder_local_features: tuple[int, ...]
     residual_units: int
@@ -179,6 +188,8 @@ class ModelSpec:
         dtype = model_cfg["dtype"]
         if dtype not in DTYPES:
             raise ModelConfigError(f"{p}.dtype: expected one of {DTYPES}, got {dtype!r}")
+        if model_cfg["decoder"] not in DECODERS:
+            raise ModelConfigError(f"{p}.decoder: expected one of {DECODERS}, got {model_cfg['decoder']!r}")
         heads = model_cfg["heads"]
         if isinstance(heads, str) or not isinstance(heads, Sequence) or any(h not in LEVELS for h in heads):
             raise ModelConfigError(f"{p}.heads: expected a subset of {LEVELS}, got {heads!r}")
@@ -200,6 +211,8 @@ class ModelSpec:
             vq_ema=model_cfg["vq_ema"],
             vq_ema_decay=_float(model_cfg["vq_ema_decay"], f"{p}.vq_ema_decay", 0.0, 1.0),
             vq_ema_epsilon=_float(model_cfg["vq_ema_epsilon"], f"{p}.vq_ema_epsilon", 0.0, math.inf),
+            decoder=model_cfg["decoder"],
+            decoder_min_features=_int(model_cfg["decoder_min_features"], f"{p}.decoder_min_features"),
             decoder_global_features=_int_tuple(model_cfg["decoder_global_features"], f"{p}.decoder_global_features"),
             decoder_local_features=_int_tuple(model_cfg["decoder_local_features"], f"{p}.decoder_local_features"),
             residual_units=_int(model_cfg["residual_units"], f"{p}.residual_units", minimum=0),
@@ -217,18 +230,41 @@ class ModelSpec:
             raise ModelConfigError(
                 f"{_PREFIX}.encoder_global: expected at least one stride > 1 (decoder2 upsamples once per step)"
             )
+        steps_local = len(self.local_sizes) - 1
+        if self.decoder == "paper":
+            for sizes in (self.global_sizes, self.local_sizes):
+                for big, small in zip(sizes, sizes[1:]):
+                    for a, b in zip(small, big):
+                        paper_padding(a, b)
+            return
         if len(self.decoder_global_features) != steps_global - 1:
             raise ModelConfigError(
                 f"{_PREFIX}.decoder_global_features: expected {steps_global - 1} channel counts (decoder2 has one "
                 f"block per stride-2 step of encoder_global, {steps_global}, and its last block outputs the "
                 f"vq_local width), got {self.decoder_global_features!r}"
             )
-        steps_local = len(self.local_sizes) - 1
         if len(self.decoder_local_features) != steps_local:
             raise ModelConfigError(
                 f"{_PREFIX}.decoder_local_features: expected {steps_local} channel counts (decoder1 has one block "
                 f"per stride-2 step of encoder_local), got {self.decoder_local_features!r}"
             )
+
+    def decoder_widths(self) -> dict[str, dict[str, Any]]:
+        """Per decoder ('global' = decoder2, 'local' = decoder1): the first conv's width (None: no first conv) and
+        each block's output width. paper: the first conv runs at the level's code width, halved after each block
+        down to decoder_min_features, decoder2 ending at the local map's width; pytorch_reference: the
+        configured decoder_*_features."""
+        if self.decoder == "paper":
+            steps_global, steps_local = len(self.global_sizes) - 1, len(self.local_sizes) - 1
+            g, l, m = self.vq_global.code_dim, self.vq_local.code_dim, self.decoder_min_features
+            return {
+                "global": {"first": g, "blocks": paper_widths(g, m, steps_global, last=self.vq_local.width)},
+                "local": {"first": l, "blocks": paper_widths(l, m, steps_local)},
+            }
+        return {
+            "global": {"first": None, "blocks": (*self.decoder_global_features, self.vq_local.width)},
+            "local": {"first": None, "blocks": tuple(self.decoder_local_features)},
+        }
 
     @property
     def compute_dtype(self) -> Any:
@@ -259,10 +295,12 @@ class ModelSpec:
 @flax.struct.dataclass
 class CytoselfOutput:
     """reconstruction (B,H,W,C) float32; local_prediction: decoder2's prediction (B,h1,w1,D1) float32 of the local
-    map; vq_local, vq_global: VQOutput of each level; logits: level -> (B, num_classes) float32 per head."""
+    map; z_local: encoder1's output before quantization (B,h1,w1,D1) float32 (decoder2's target in the paper);
+    vq_local, vq_global: VQOutput of each level; logits: level -> (B, num_classes) float32 per head."""
 
     reconstruction: jax.Array
     local_prediction: jax.Array
+    z_local: jax.Array
     vq_local: VQOutput
     vq_global: VQOutput
     logits: dict[str, jax.Array]
@@ -288,20 +326,15 @@ class CytoselfModel(nn.Module):
         self.encoder_global = encoder(s.encoder_global, s.vq_global.width)
         self.vq_global = VectorQuantizer(s.vq_global.num_codes, s.vq_global.code_dim, s.vq_global.num_splits, **vq)
         # Decoders upsample back through exactly the sizes the encoders passed through, in reverse.
+        widths = s.decoder_widths()
+        common = dict(kind=s.decoder, residual_units=s.residual_units, remat=s.remat_decoders, dtype=dtype)
         self.decoder_global = Decoder(
-            sizes=s.global_sizes[-2::-1],
-            features=(*s.decoder_global_features, s.vq_local.width),
-            residual_units=s.residual_units,
-            remat=s.remat_decoders,
-            dtype=dtype,
+            sizes=s.global_sizes[-2::-1], features=widths["global"]["blocks"], first_features=widths["global"]["first"],
+            **common,
         )
         self.decoder_local = Decoder(
-            sizes=s.local_sizes[-2::-1],
-            features=s.decoder_local_features,
-            out_features=s.image_shape[2],
-            residual_units=s.residual_units,
-            remat=s.remat_decoders,
-            dtype=dtype,
+            sizes=s.local_sizes[-2::-1], features=widths["local"]["blocks"], first_features=widths["local"]["first"],
+            out_features=s.image_shape[2], **common,
         )
         self.heads = {level: ClassifierHead(s.num_classes, s.head_hidden, s.head_dropout, dtype=dtype) for level in s.heads}
 
@@ -312,30 +345,33 @@ class CytoselfModel(nn.Module):
                 f"got {tuple(array.shape)}"
             )
 
-    def _encode(self, x: jax.Array, train: bool) -> tuple[VQOutput, VQOutput]:
+    def _encode(self, x: jax.Array, train: bool) -> tuple[jax.Array, VQOutput, VQOutput]:
         self._check_shape("images", x, self.spec.image_shape)
         z_local = self.encoder_local(x, train)
         vq_local = self.vq_local(z_local, train)
         vq_global = self.vq_global(self.encoder_global(z_local, train), train)
-        return vq_local, vq_global
+        return z_local, vq_local, vq_global
 
     def _decode(self, q_local: jax.Array, q_global: jax.Array, train: bool) -> jax.Array:
         self._check_shape("q_local", q_local, self.spec.local_shape)
         self._check_shape("q_global", q_global, self.spec.global_shape)
         dtype = self.spec.compute_dtype
         batch, h, w = q_local.shape[:3]
-        up = jax.image.resize(q_global.astype(dtype), (batch, h, w, q_global.shape[-1]), method="nearest")
+        # The paper's code resizes bilinearly (UpConcat2D), the PyTorch reference by nearest neighbour.
+        method = "bilinear" if self.spec.decoder == "paper" else "nearest"
+        up = jax.image.resize(q_global.astype(dtype), (batch, h, w, q_global.shape[-1]), method=method)
         x = jnp.concatenate([q_local.astype(dtype), up], axis=-1)
         return self.decoder_local(x, train).astype(jnp.float32)
 
     def __call__(self, x: jax.Array, train: bool) -> CytoselfOutput:
         """Images (B, H, W, C) -> CytoselfOutput (training and evaluation forward pass)."""
-        vq_local, vq_global = self._encode(x, train)
+        z_local, vq_local, vq_global = self._encode(x, train)
         batch = x.shape[0]
         codes = {"local": vq_local.quantized, "global": vq_global.quantized}
         return CytoselfOutput(
             reconstruction=self._decode(vq_local.quantized, vq_global.quantized, train),
             local_prediction=self.decoder_global(vq_global.quantized, train).astype(jnp.float32),
+            z_local=z_local.astype(jnp.float32),
             vq_local=vq_local,
             vq_global=vq_global,
             logits={level: head(codes[level].reshape(batch, -1), train) for level, head in self.heads.items()},
@@ -343,7 +379,7 @@ class CytoselfModel(nn.Module):
 
     def embed(self, x: jax.Array) -> tuple[VQOutput, VQOutput]:
         """Images (B, H, W, C) -> (vq_local, vq_global) in evaluation mode; runs only encoders and quantizers."""
-        return self._encode(x, train=False)
+        return self._encode(x, train=False)[1:]
 
     def decode(self, q_local: jax.Array, q_global: jax.Array) -> jax.Array:
         """Reconstruct images (B, H, W, C) float32 from quantized maps q_local (B, *local_shape) and q_global

@@ -21,11 +21,13 @@ class ModelConfigError(ValueError):
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias, padding 'SAME') -> BatchNorm -> optional SiLU, NHWC.
+    """Conv (padding 'SAME' unless `padding` says 'VALID'; no bias unless `bias`) -> BatchNorm -> optional SiLU, NHWC.
 
     'SAME' padding differs from the PyTorch reference's symmetric k//2 padding on stride-2 convolutions on even
     inputs (XLA pads the extra pixel at the end instead of both sides); output sizes are the same, ceil(in/stride).
-    affine=False gives BatchNorm without learned scale/offset, as in the reference decoder.
+    affine=False gives BatchNorm without learned scale/offset, as in the reference decoder. bias=True keeps the
+    convolution's bias before the BatchNorm, as Keras' Conv2D default in the paper's decoders (redundant, but it
+    keeps the paper's parameter count).
     """
 
     features: int
@@ -34,6 +36,8 @@ class ConvBN(nn.Module):
     groups: int = 1
     activation: bool = True
     affine: bool = True
+    bias: bool = False
+    padding: str = "SAME"
     kernel_init: Any = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
 
@@ -43,9 +47,9 @@ class ConvBN(nn.Module):
             self.features,
             (self.kernel_size, self.kernel_size),
             strides=self.strides,
-            padding="SAME",
+            padding=self.padding,
             feature_group_count=self.groups,
-            use_bias=False,
+            use_bias=self.bias,
             kernel_init=self.kernel_init,
             dtype=self.dtype,
             name="conv",

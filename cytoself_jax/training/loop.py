@@ -18,13 +18,15 @@ import ml_collections
 import numpy as np
 
 from cytoself_jax.analysis.plots import plot_training_curves
-from cytoself_jax.data.pipeline import make_dataset, steps_per_epoch
+from cytoself_jax.data.pipeline import make_dataset, pixel_variance, steps_per_epoch
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import TABLE_FILE, CropStore, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import (Checkpointer, LoopState, RunLock, latest_loop_state,
                                               load_run_config, save_run_config)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
+from cytoself_jax.models.quantizer import perplexity_from_counts
+from cytoself_jax.training.losses import monitored_value
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
 from cytoself_jax.training.step import make_eval_step, make_train_step
@@ -88,8 +90,9 @@ def _check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Co
 
 def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
     """Metrics over every crop of an eval dataset: batch means weighted by batch size, accuracy counts turned
-    into fractions, and per codebook the number of codes no crop used ('dead_codes_<level>'). A final batch
-    that does not split over the devices runs replicated."""
+    into fractions, and per codebook the number of codes no crop used ('dead_codes_<level>') and the perplexity
+    of the code usage summed over the whole split (not a mean of per-batch perplexities). A final batch that
+    does not split over the devices runs replicated."""
     sums: dict[str, np.ndarray] = {}
     n = 0
     n_dev = mesh.devices.size
@@ -106,6 +109,7 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
     for k, v in sums.items():
         if k.startswith("codes_"):
             out[k.replace("codes_", "dead_codes_")] = int(np.sum(v == 0))
+            out[k.replace("codes_", "perplexity_")] = float(perplexity_from_counts(np.asarray(v, np.float32)))
         elif k.startswith("correct_"):
             out[k.replace("correct_", "accuracy_")] = float(v) / n
         else:
@@ -155,6 +159,11 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     if not channels or channels[0] != "protein" or len(set(channels)) != len(channels):
         raise ValueError(f"config.data.channels: expected distinct store channel names with 'protein' first, "
                          f"found {list(channels)}")
+    if t.monitor not in ("loss", "loss_without_vq"):
+        raise ValueError(f"config.train.monitor: expected 'loss' or 'loss_without_vq', found {t.monitor!r}")
+    if not isinstance(t.select_from_epoch, int) or t.select_from_epoch < 1:
+        raise ValueError(f"config.train.select_from_epoch: expected an integer >= 1 (1 = every epoch may be the "
+                         f"best), found {t.select_from_epoch!r}")
     fractions = tuple(config.data.split_fractions)
     if len(fractions) != 3 or not fractions[1] > 0:
         raise ValueError(f"config.data.split_fractions: expected (train, val, test) with val > 0 (the schedule and "
@@ -215,12 +224,16 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
                                **data_kw)
     epoch_batches(0)  # built once now so that a data setting it refuses fails before anything is written
 
+    # One constant for the reconstruction loss of training and validation alike (the paper's data_variance)
+    variance, variance_crops = pixel_variance(store, splits["train"], channels, seed=config.data.split_seed)
     dataset_info = {
         "store": str(Path(config.data.path).absolute()),
         "proteins": list(store.proteins),
         "channels": list(channels),
         "image_shape": list(image_shape),
         "split_sizes": {k: int(len(v)) for k, v in splits.items()},
+        "data_variance": variance,
+        "data_variance_crops": variance_crops,
     }
     primary = jax.process_index() == 0  # in a multi-host run, the process that writes the run's files
     with RunLock(run_dir) if primary else contextlib.nullcontext():
@@ -254,8 +267,8 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
     metrics_log.truncate_after_epoch(loop.epoch)
 
-    train_step = make_train_step(model, config.loss, mesh)
-    eval_step = make_eval_step(model, config.loss)
+    train_step = make_train_step(model, config.loss, mesh, dataset_info["data_variance"])
+    eval_step = make_eval_step(model, config.loss, dataset_info["data_variance"])
     num_codes = {"local": model.spec.vq_local.num_codes, "global": model.spec.vq_global.num_codes}
     val = {}
     last_plot = time.monotonic()
@@ -278,10 +291,12 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
                 f"non-finite validation loss after epoch {epoch + 1} (step {int(state.step)}): {_terms(val)}; the "
                 "run stopped and the latest checkpoint is the last good one"
             )
-        loop, improved = after_validation(loop, val["loss"], config.train)
+        monitored = monitored_value(val, config.loss, config.train.monitor)
+        loop, improved = after_validation(loop, monitored, config.train)
         record = {"kind": "epoch", "epoch": epoch, "step": int(state.step), "images_per_s": images_per_s,
                   "learning_rate": float(jnp.asarray(state.opt_state.hyperparams["learning_rate"])),
-                  **{f"val_{k}": v for k, v in val.items()}, "best_epoch": loop.best_epoch}
+                  **{f"val_{k}": v for k, v in val.items()}, "val_monitored": monitored,
+                  "best_epoch": loop.best_epoch}
         # The record goes first: a run killed before its checkpoint is complete redoes this epoch on resume,
         # and the resume drops the records of epochs it redoes.
         metrics_log.write(record)

@@ -15,11 +15,15 @@ from cytoself_jax.training.checkpoint import LoopState
 def after_validation(
     loop: LoopState, val_loss: float, train_cfg: ml_collections.ConfigDict
 ) -> tuple[LoopState, bool]:
-    """The loop state after epoch `loop.epoch` ended with val_loss; also whether this epoch is the new best.
+    """The loop state after epoch `loop.epoch` ended with val_loss (the monitored validation quantity); also
+    whether this epoch is the new best.
 
-    Sets stop_reason on an early stop. The epoch budget is not part of the state: a resumed run may be given
-    a larger train.max_epochs."""
+    Epochs before train.select_from_epoch (1-based; absent in older runs: 1) are a warm-up: never best, and they
+    count towards neither patience. Sets stop_reason on an early stop. The epoch budget is not part of the state:
+    a resumed run may be given a larger train.max_epochs."""
     epoch = loop.epoch + 1
+    if epoch < train_cfg.get("select_from_epoch", 1):
+        return dataclasses.replace(loop, epoch=epoch, stop_reason=""), False
     improved = val_loss < loop.best_val_loss
     if improved:
         loop = dataclasses.replace(loop, best_val_loss=val_loss, best_epoch=epoch, epochs_since_best=0, plateau_epochs=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,18 +11,21 @@ import optax
 from jax.sharding import Mesh
 
 from cytoself_jax.models.quantizer import code_histogram
-from cytoself_jax.training.losses import loss_terms, total_loss
+from cytoself_jax.training.losses import config_loss_terms, total_loss
 from cytoself_jax.training.mesh import batch_sharding, replicated
 from cytoself_jax.training.state import TrainState, make_optimizer
 
 Metrics = dict[str, jax.Array]
 
 
-def loss_and_grads(model, loss_weights: ml_collections.ConfigDict, state: TrainState, batch: dict, key: jax.Array):
-    """The training loss of one batch and its gradient wrt the params.
+def loss_and_grads(model, loss_cfg: ml_collections.ConfigDict, state: TrainState, batch: dict, key: jax.Array,
+                   data_variance: Optional[float] = None):
+    """The training loss of one batch and its gradient wrt the params. loss_cfg: config.loss (weights and
+    settings); data_variance: the training split's pixel variance (dataset.json).
 
     Returns ((loss, (terms, new model_state, perplexity_local, perplexity_global)), grads)."""
     key = jax.random.fold_in(key, state.step)  # keys depend on the step alone, so resume is exact
+    terms_of = config_loss_terms(loss_cfg, data_variance)
 
     def loss_fn(params):
         out, new_model_state = model.apply(
@@ -32,23 +35,25 @@ def loss_and_grads(model, loss_weights: ml_collections.ConfigDict, state: TrainS
             rngs={"dropout": key},
             mutable=list(state.model_state.keys()),
         )
-        terms = loss_terms(out, batch["image"], batch["label"])
+        terms = terms_of(out, batch["image"], batch["label"])
         aux = (terms, new_model_state, out.vq_local.perplexity, out.vq_global.perplexity)
-        return total_loss(terms, loss_weights), aux
+        return total_loss(terms, loss_cfg), aux
 
     return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
 
 def make_train_step(
-    model, loss_weights: ml_collections.ConfigDict, mesh: Mesh
+    model, loss_cfg: ml_collections.ConfigDict, mesh: Mesh, data_variance: Optional[float] = None
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
     """(state, batch, key) -> (state, metrics). The state is donated; metrics are float32 scalars, among them
-    'finite' (1.0 when loss and gradients are finite), which the loop checks without stalling the device."""
+    'finite' (1.0 when loss and gradients are finite), which the loop checks without stalling the device.
+    data_variance: the training split's pixel variance (dataset.json), for config.loss.reconstruction_variance."""
     tx = make_optimizer(0.0)  # the learning rate itself comes from opt_state
+    config_loss_terms(loss_cfg, data_variance)  # refuse bad loss settings here, not inside the trace
 
     def step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, Metrics]:
         (loss, (terms, model_state, ppl_local, ppl_global)), grads = loss_and_grads(
-            model, loss_weights, state, batch, key
+            model, loss_cfg, state, batch, key, data_variance
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -73,20 +78,23 @@ def make_train_step(
     )
 
 
-def make_eval_step(model, loss_weights: ml_collections.ConfigDict) -> Callable[[TrainState, dict], Metrics]:
-    """(state, batch) -> metrics of one batch: the loss terms, perplexities, per classifier head the number
+def make_eval_step(
+    model, loss_cfg: ml_collections.ConfigDict, data_variance: Optional[float] = None
+) -> Callable[[TrainState, dict], Metrics]:
+    """(state, batch) -> metrics of one batch: the loss terms, per classifier head the number
     of correct top-1 predictions ('correct_<level>'), and per codebook how often each code was used
     ('codes_<level>': float32 (num_codes,), summed over the batch's positions). Shardings follow the inputs, so
-    a final partial batch that cannot be split over the devices runs replicated instead."""
+    a final partial batch that cannot be split over the devices runs replicated instead. data_variance: as for
+    make_train_step (the same constant for validation as for training)."""
     spec = model.spec
+    terms_of = config_loss_terms(loss_cfg, data_variance)
 
     def step(state: TrainState, batch: dict) -> Metrics:
         out = model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
-        terms = loss_terms(out, batch["image"], batch["label"])
-        metrics = {"loss": total_loss(terms, loss_weights), **terms}
+        terms = terms_of(out, batch["image"], batch["label"])
+        metrics = {"loss": total_loss(terms, loss_cfg), **terms}
         for level, vq, num_codes in (("local", out.vq_local, spec.vq_local.num_codes),
                                      ("global", out.vq_global, spec.vq_global.num_codes)):
-            metrics[f"perplexity_{level}"] = vq.perplexity
             metrics[f"codes_{level}"] = jnp.sum(code_histogram(vq.indices, num_codes), axis=0).astype(jnp.float32)
         for level, logits in out.logits.items():
             metrics[f"correct_{level}"] = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
