@@ -19,7 +19,7 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in config.workdir
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host: call jax.distributed.initialize() first (coordinator, process count and id from the cluster "
-    "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+    "environment: SLURM's srun, Open MPI, Kubernetes; see bench/README.md, 'Multi-host data parallelism').")
 
 
 def _usage_error(message: str) -> None:

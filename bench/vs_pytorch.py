@@ -74,12 +74,13 @@ def torch_spec(config: ml_collections.ConfigDict, image_shape: Sequence[int], nu
             "head_hidden": int(config.model.head_hidden), "head_dropout": float(config.model.head_dropout)}
 
 
-def _run_json(cmd: list[str], env: dict | None = None) -> dict:
+def _run(cmd: list[str], env: dict | None = None) -> str:
+    """stdout of cmd; a failure is a one-line BenchError."""
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if done.returncode != 0:
         raise benchlib.BenchError(f"{Path(cmd[1]).name}: exit status {done.returncode}: "
                                   f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    return done.stdout
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -103,12 +104,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         spec_path.write_text(json.dumps(torch_spec(ours_config, shape, num_classes)))
         for r in range(args.rounds):
             out = Path(tmp) / f"ours{r}.json"
-            _run_json([sys.executable, str(BENCH / "train_step.py"), "--config", args.config, "--batch",
+            _run([sys.executable, str(BENCH / "train_step.py"), "--config", args.config, "--batch",
                        str(args.batch), "--steps", str(args.steps), "--out", str(out), "--set", *overrides])
             ours = json.loads(out.read_text())
-            theirs = _run_json([args.torch_python, str(BENCH / "torch_reference.py"), "--spec", str(spec_path),
+            theirs = json.loads(_run([args.torch_python, str(BENCH / "torch_reference.py"), "--spec", str(spec_path),
                                 "--reference-src", args.reference_src, "--batch", str(args.batch), "--steps",
-                                str(args.steps)], {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                                      str(args.steps)], {**os.environ, "CUDA_VISIBLE_DEVICES": ""}).splitlines()[-1])
             rounds.append({"round": r, "ours_images_per_s": ours["images_per_s"],
                            "theirs_images_per_s": theirs["images_per_s"],
                            "ratio": ours["images_per_s"] / theirs["images_per_s"],

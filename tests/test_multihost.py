@@ -19,7 +19,7 @@ from cytoself_jax.training.loop import train
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.py"
 STEPS = 2  # per epoch
-TIMEOUT_S = 900  # compiling on a loaded 2-core machine is slow; a hung collective must still end the test
+TIMEOUT_S = 1800  # compiling on a loaded 2-core machine is slow; a hung collective must still end the test
 
 
 def _free_port() -> int:
