@@ -35,6 +35,14 @@ _PROTEINS = flags.DEFINE_list("proteins", list(_D.proteins), "Proteins whose fea
 _INTERPRET = flags.DEFINE_string("interpret", _D.interpret, "Protein of the feature-interpretation picture.")
 _CODES = flags.DEFINE_integer("interpret_codes", _D.interpret_codes, "Spectrum peaks zeroed in the interpretation.")
 _NEIGHBOURS = flags.DEFINE_integer("neighbours", _D.neighbours, "Nearest proteins listed per protein.")
+_THUMBS = flags.DEFINE_integer("atlas_thumbnails", _D.atlas_thumbnails,
+                               "atlas.html: crops with their own hover thumbnail (at least one per protein).")
+_PROBE_MAX = flags.DEFINE_integer("probe_max_crops", _D.probe_max_crops,
+                                  "Linear probes: at most this many train and eval crops each (seeded subsample).")
+_COMPLEXES = flags.DEFINE_string("complexes", _D.complexes,
+                                 "CSV of protein complexes (columns protein, complex): complexes.csv and .png.")
+_PERMS = flags.DEFINE_integer("complex_permutations", _D.complex_permutations,
+                              "Label permutations of the complexes' null distribution.")
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of subsamples, UMAPs and example crops.")
 _SVG = flags.DEFINE_bool("svg", _D.svg, "Also write SVG copies of the atlas and spectra.")
 
@@ -54,6 +62,8 @@ def main(argv: list[str]) -> None:
         batch_size=_BATCH.value, umap_seeds=_SEEDS.value, umap_neighbors=_NEIGH.value, umap_min_dist=_MIN_DIST.value,
         umap_metric=_METRIC.value, knn_k=_KNN_K.value, knn_max_train=_KNN_MAX.value, map_max_crops=_MAP_MAX.value,
         family=_FAMILY.value, proteins=tuple(_PROTEINS.value), interpret=_INTERPRET.value,
+        atlas_thumbnails=_THUMBS.value, probe_max_crops=_PROBE_MAX.value, complexes=_COMPLEXES.value,
+        complex_permutations=_PERMS.value,
         interpret_codes=_CODES.value, neighbours=_NEIGHBOURS.value, seed=_SEED.value, svg=_SVG.value,
     )
     try:

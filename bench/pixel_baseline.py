@@ -16,25 +16,12 @@ from pathlib import Path
 import numpy as np
 import benchlib
 from benchlib import load_config
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from cytoself_jax.data.pipeline import normalize_crop
+from cytoself_jax.analysis.probe import pixel_pipeline as baseline
+from cytoself_jax.analysis.probe import protein_pixels
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import open_store
-
-
-def protein_pixels(store) -> np.ndarray:
-    """(N, H*W) normalized protein-channel pixels, as the model sees them (before augmentation)."""
-    c = store.channel_indices(("protein",))[0]
-    return np.stack([normalize_crop(store.images[i][..., c:c + 1], ("protein",)).ravel() for i in range(len(store))])
-
-
-def baseline(components: int = 50):
-    return make_pipeline(StandardScaler(), PCA(components, random_state=0), LogisticRegression(max_iter=2000))
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ def base_config():
     c.model.vq_global.code_dim = 16
     c.model.decoder_min_features = 16
     c.data.path = "data/demo-synthetic"
-    c.data.synthetic.update(proteins=40, crops_per_protein=120, fields_per_protein=6, size=48, seed=0)
+    # 4 complexes of 3 proteins (ground truth for eval.py --complexes data/demo-synthetic_complexes.csv)
+    c.data.synthetic.update(proteins=40, crops_per_protein=120, fields_per_protein=6, size=48, seed=0, complexes=4)
     c.data.num_workers = 0
     c.train.batch_size = 32
     c.train.max_epochs = 8

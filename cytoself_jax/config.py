@@ -31,7 +31,8 @@ def paper_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 4
     # When set (>0 proteins) and data.path holds no store yet, train.py draws the built-in synthetic data there.
     c.data.synthetic = ml_collections.ConfigDict(
-        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0)
+        # complexes > 0: proteins of one family sharing a pattern, listed in <path>_complexes.csv (eval --complexes)
+        dict(proteins=0, crops_per_protein=120, fields_per_protein=6, size=64, seed=0, complexes=0)
     )
 
     c.model = ml_collections.ConfigDict()

@@ -1,7 +1,7 @@
 """Write the built-in synthetic dataset as a crop store.
 
     python -m cytoself_jax.make_synthetic OUT [--proteins 40] [--crops-per-protein 120] [--fields-per-protein 6]
-        [--size 64] [--seed 0] [--dtype float32] [--workers 1] [--overwrite] [--montage PNG]
+        [--size 64] [--seed 0] [--dtype float32] [--workers 1] [--overwrite] [--montage PNG] [--complexes 0]
 """
 from __future__ import annotations
 
@@ -69,11 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes drawing crops (same result for any number)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
     parser.add_argument("--montage", metavar="PNG", help="also save a picture of a few crops per family")
+    parser.add_argument("--complexes", type=int, default=0,
+                        help="complexes of 3 proteins of one family sharing a pattern; OUT_complexes.csv lists them")
     args = parser.parse_args(argv)
     try:
         store = write_synthetic_store(args.out, proteins=args.proteins, crops_per_protein=args.crops_per_protein,
                                       fields_per_protein=args.fields_per_protein, size=args.size, seed=args.seed,
-                                      dtype=args.dtype, workers=args.workers, overwrite=args.overwrite)
+                                      dtype=args.dtype, workers=args.workers, overwrite=args.overwrite,
+                                      complexes=args.complexes)
     except (SyntheticError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ def tiny_config(workdir: Path, data_path: Path):
     c.train.batch_size = 8
     c.train.eval_batch_size = 16
     c.train.max_epochs = 2
+    c.train.select_from_epoch = 1  # every epoch may be the best (the tests' runs are 1-2 epochs long)
     c.train.log_every_steps = 1
     return c
 

@@ -69,8 +69,12 @@ def tiny_run(tmp_path_factory, tiny_store_path):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tiny_run):
-    result = run_eval(tiny_run["dir"], EvalOptions(umap_seeds=2, progress=False))
+def evaluated(tiny_run, tmp_path_factory):
+    complexes = tmp_path_factory.mktemp("complexes") / "complexes.csv"
+    pd.DataFrame({"protein": ["P0", "P2", "P1", "NOPE"], "complex": ["C1", "C1", "C2", "C2"]}).to_csv(complexes,
+                                                                                                      index=False)
+    result = run_eval(tiny_run["dir"], EvalOptions(umap_seeds=2, complexes=str(complexes), complex_permutations=99,
+                                                   atlas_thumbnails=5, progress=False))
     return result
 
 
@@ -161,7 +165,8 @@ def test_eval_writes_sane_outputs(tiny_run, evaluated):
     assert out == tiny_run["dir"] / "eval" / "test"
     for name in ("embeddings.h5ad", "metrics.json", "metrics.md", "protein_profiles.csv", "neighbours.csv",
                  "atlas.png", "atlas_left.png", "reconstructions.png", "feature_spectrum.png", "spectra_proteins.png",
-                 "spectra_families.png", "curves.png"):
+                 "spectra_families.png", "curves.png", "atlas.html", "proteins.h5ad", "proteins_atlas.png",
+                 "proteins_dendrogram.png", "probe.csv", "complexes.csv", "complexes.png"):
         assert (out / name).stat().st_size > 0, name
     assert len(list(out.glob("interpretation_*.png"))) == 1
     assert not list(out.parent.glob(".*"))  # no temporary folder left
@@ -199,6 +204,22 @@ def test_eval_writes_sane_outputs(tiny_run, evaluated):
     codes = profiles[[c for c in profiles if c.startswith("code_")]]
     assert codes.shape[1] == model.spec.vq_local.num_codes
     np.testing.assert_allclose(codes.sum(axis=1), positions)
+    # The evaluators: interactive atlas, protein atlas, complexes, linear probes.
+    assert m["atlas_html"] == {"points": len(test_rows), "thumbnails": 5, "bytes": (out / "atlas.html").stat().st_size}
+    proteins = anndata.read_h5ad(out / "proteins.h5ad")
+    assert list(proteins.obs_names) == list(store.proteins) and m["proteins"]["proteins"] == 4
+    np.testing.assert_allclose(proteins.X[1], adata.X[adata.obs["protein"] == "P1"].mean(0), rtol=1e-5)
+    c = pd.read_csv(out / "complexes.csv").set_index("complex")
+    assert c.loc["C1", "present"] == 2 and c.loc["C2", "missing"] == "NOPE" and np.isnan(c.loc["C2", "p_value"])
+    assert m["complexes"]["scored"] == 1 and m["complexes"]["permutations"] == 99
+    probes = pd.read_csv(out / "probe.csv")
+    assert set(zip(probes["target"], probes["features"])) == {(t, f) for t in ("family", "protein")
+                                                               for f in ("embedding", "pixels")}
+    assert probes["test"].eq(len(test_rows)).all() and probes["train"].eq(len(tiny_run["splits"]["train"])).all()
+    # The planted blobs (a protein's bright spot at its own position) are linearly readable from pixels.
+    assert m["probe"]["protein"]["pixels"]["balanced_accuracy"] > 0.9
+    text = (out / "metrics.md").read_text()
+    assert "linear probe family" in text and "complexes tighter than chance" in text
     near = pd.read_csv(out / "neighbours.csv")
     assert len(near) == 4 * 3 and set(near["rank"]) == {1, 2, 3}
     assert not (near["protein"] == near["neighbour"]).any()
@@ -236,6 +257,8 @@ def test_bad_options_fail_before_writing(tiny_run, tmp_path):
         run_eval(tiny_run["dir"], EvalOptions(proteins=("NOPE",), out=str(out), progress=False))
     with pytest.raises(EvalError, match="--family"):
         run_eval(tiny_run["dir"], EvalOptions(family="nucleolus", out=str(out), progress=False))
+    with pytest.raises(ValueError, match=r"nothing\.csv: complexes file not found"):
+        run_eval(tiny_run["dir"], EvalOptions(complexes=str(tmp_path / "nothing.csv"), out=str(out), progress=False))
     with pytest.raises(FileNotFoundError, match="config.json"):
         run_eval(tmp_path, EvalOptions(out=str(out), progress=False))
     no_distance = tmp_path / "no_distance"

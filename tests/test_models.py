@@ -362,6 +362,17 @@ def test_missing_config_field_is_named():
         ModelSpec.from_config(cfg, (100, 100, 2), 10)
 
 
+def test_a_run_saved_before_the_decoder_field_existed_builds_the_reference_decoders():
+    """Runs saved before config.model.decoder existed were trained with the PyTorch reference's decoders."""
+    cfg = paper_config().model.to_dict()
+    for field in ("decoder", "decoder_min_features"):
+        del cfg[field]
+    spec = ModelSpec.from_config(cfg, (100, 100, 2), 10)
+    assert spec.decoder == "pytorch_reference"
+    assert spec.decoder_widths()["local"] == {"first": None, "blocks": (320, 160)}
+    assert ModelSpec.from_config(paper_config().model, (100, 100, 2), 10).decoder == "paper"
+
+
 def test_a_run_saved_before_remat_decoders_existed_loads_with_it_off():
     cfg = paper_config().model.to_dict()
     del cfg["remat_decoders"]

@@ -175,7 +175,7 @@ def test_average_precision_matches_sklearn_per_query(metric):
             assert ap[i] == pytest.approx(average_precision_score(positive, sims[i, others]), abs=1e-12)
         else:
             assert np.isnan(ap[i])
-    # float32 embeddings are used as they are (no float64 copy) and give the same answer to float32 precision.
+    # float32 embeddings give the same answer to float32 precision.
     np.testing.assert_allclose(scores.average_precision(x.astype(np.float32), labels, metric), ap, atol=1e-5)
     per_label = [np.mean(ap[labels == lab]) for lab in np.unique(labels) if lab != "singleton"]
     assert scores.mean_average_precision(x, labels, metric) == pytest.approx(np.mean(per_label))
@@ -195,6 +195,73 @@ def test_average_precision_hand_example_and_ties():
         scores.average_precision(np.zeros((3, 2)), ["a", "a", "b"])
     with pytest.raises(AnalysisInputError, match=r"average_precision: metric: expected one of"):
         scores.average_precision(x, list("aaba"), metric="manhattan")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_average_precision_exact_duplicates_score_chance(metric, dtype):
+    # A collapsed codebook gives identical vectors: every query's ranking is one tie, so AP = positives / others
+    # exactly, and mAP is the chance level eval reports beside it. Rounding in the matrix product used to split
+    # the tie (300 such vectors scored 0.048 against chance 0.030).
+    rng = np.random.default_rng(3)
+    x = np.tile(rng.normal(size=(1, 257)).astype(dtype) * 3.7, (300, 1))
+    labels = rng.integers(0, 30, 300).astype(str)
+    ap = scores.average_precision(x, labels, metric=metric, block_rows=64, progress=False)
+    counts = {lab: np.sum(labels == lab) for lab in labels}
+    expected = np.array([(counts[lab] - 1) / 299 for lab in labels])
+    np.testing.assert_allclose(ap, expected, rtol=1e-12)
+    names, n = np.unique(labels, return_counts=True)
+    chance = np.mean((n[n >= 2] - 1) / 299)
+    assert scores.mean_average_precision(x, labels, metric, progress=False) == pytest.approx(chance, rel=1e-12)
+
+
+def _sklearn_ap_per_query(sims: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    out = np.full(len(labels), np.nan)
+    for i in range(len(labels)):
+        others = np.arange(len(labels)) != i
+        positive = labels[others] == labels[i]
+        if positive.any():
+            out[i] = average_precision_score(positive, sims[i, others])
+    return out
+
+
+def test_average_precision_ties_between_distinct_vectors_match_sklearn():
+    # Quantized embeddings tie without being equal: rows built from a few code vectors are often at exactly the
+    # same distance from a query. Integer entries make the reference similarities exact, so sklearn sees the
+    # true ties; ours computes them in floats and must find the same ones.
+    rng = np.random.default_rng(5)
+    codebook = rng.integers(-3, 4, size=(3, 5))
+    x = codebook[rng.integers(0, 3, size=(60, 4))].reshape(60, -1).astype(np.float64)
+    x[:, 0] += 11  # no zero rows (cosine) and off-centre entries
+    labels = rng.integers(0, 4, 60).astype(str)
+    exact_sq_dist = ((x[:, None].astype(np.int64) - x[None].astype(np.int64)) ** 2).sum(-1)
+    np.testing.assert_allclose(scores.average_precision(x, labels, "euclidean", block_rows=7, progress=False),
+                               _sklearn_ap_per_query(-exact_sq_dist, labels), rtol=1e-12)
+    # Cosine: permutations of one integer vector share a norm, so cosine ties are exactly dot-product ties.
+    base = np.array([5, 3, 3, 1, 1, 1, 0, 0])
+    xp = np.stack([rng.permutation(base) for _ in range(60)]).astype(np.float64)
+    exact_dots = xp.astype(np.int64) @ xp.T.astype(np.int64)
+    np.testing.assert_allclose(scores.average_precision(xp, labels, "cosine", progress=False),
+                               _sklearn_ap_per_query(exact_dots, labels), rtol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_average_precision_equals_copairs(metric):
+    # copairs (the image-profiling community's mAP library) on the same inputs: per query AP and per label mAP.
+    # Tie-free inputs only: copairs 0.5 ranks tied positives before tied negatives (so identical vectors score 1);
+    # ours follows sklearn there (see the two tests above), which is why we keep our own implementation.
+    import pandas as pd
+    from copairs.map import average_precision as copairs_ap
+
+    rng = np.random.default_rng(11)
+    x, labels = blobs(rng, n_classes=6, per_class=15, dim=8, separation=1.0, spread=1.0)
+    meta = pd.DataFrame({"label": labels})
+    theirs = copairs_ap(meta, x, pos_sameby=["label"], pos_diffby=[], neg_sameby=[], neg_diffby=["label"],
+                        distance=metric, progress_bar=False)
+    ours = scores.average_precision(x, labels, metric=metric, progress=False)
+    np.testing.assert_allclose(ours, theirs["average_precision"].to_numpy(), rtol=1e-6)
+    per_label = theirs.groupby("label")["average_precision"].mean().mean()
+    assert scores.mean_average_precision(x, labels, metric, progress=False) == pytest.approx(per_label, rel=1e-6)
 
 
 def test_progress_bars_can_be_switched_off(capsys):

@@ -1,6 +1,7 @@
 """Tests of the synthetic cell generator and the synthetic crop store."""
 import chex
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
@@ -296,3 +297,41 @@ def test_families_and_proteins_are_learnable():
     assert family_accuracy > 4 / n_fam, summary
     assert 1 - wrong.mean() > 0.5, summary
     assert same_family > 0.25, summary  # chance would be 1/21
+
+
+def test_complexes_share_their_family_pattern_and_are_listed_beside_the_store(tmp_path):
+    plain = S.make_proteins(40, seed=0)
+    with_complexes = S.make_proteins(40, seed=0, complexes=4)
+    members = S.complex_members(40, 4)
+    assert members[0] == [0, 11, 22] and members[3] == [3, 14, 25]  # 3 proteins of one family each
+    in_complex = {i for m in members for i in m}
+    for c, m in enumerate(members):
+        assert len({with_complexes[i].family for i in m}) == 1
+        assert all(with_complexes[i].params == with_complexes[m[0]].params for i in m)  # the shared sub-pattern
+        assert with_complexes[m[0]].params != plain[m[0]].params
+        assert len({with_complexes[i].brightness for i in m}) == 3  # their own expression level
+    # Proteins outside complexes are the proteins of before (complexes=0 changes nothing).
+    assert [with_complexes[i] for i in range(40) if i not in in_complex] == \
+        [plain[i] for i in range(40) if i not in in_complex]
+    store = S.write_synthetic_store(tmp_path / "s", proteins=23, crops_per_protein=2, fields_per_protein=1,
+                                    size=32, progress=False, complexes=1)
+    table = pd.read_csv(tmp_path / "s_complexes.csv")
+    assert S.complexes_csv_path(tmp_path / "s") == tmp_path / "s_complexes.csv"
+    assert table.to_dict("list") == {"protein": ["SYN001", "SYN012", "SYN023"], "complex": ["CPLX1"] * 3}
+    assert set(store.table["source"]) == {"synthetic seed=0 complexes=1"}
+    assert not S.complexes_csv_path(tmp_path / "plain").exists()
+    with pytest.raises(S.SyntheticError, match=r"synthetic: complexes: 2 complexes of 3 proteins of one family need "
+                                               r"more than 23 proteins"):
+        S.make_proteins(23, seed=0, complexes=2)
+
+
+def test_training_draws_the_configs_complexes(tmp_path):
+    from cytoself_jax.config import paper_config
+    from cytoself_jax.training.loop import ensure_dataset
+
+    data = paper_config().data
+    data.path = str(tmp_path / "syn")
+    data.synthetic.update(proteins=23, crops_per_protein=1, fields_per_protein=1, size=32, complexes=1)
+    store = ensure_dataset(data)
+    assert len(store) == 23 and (tmp_path / "syn_complexes.csv").is_file()
+    assert pd.read_csv(tmp_path / "syn_complexes.csv")["protein"].tolist() == ["SYN001", "SYN012", "SYN023"]

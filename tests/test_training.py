@@ -1,5 +1,6 @@
 """The training core: schedule, losses, one-vs-many-device equivalence, loss decrease, exact resume."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -47,7 +48,7 @@ def test_schedule_plateau_drops_lr_then_restarts_counter_and_stops_early():
 def test_warm_up_epochs_are_never_best_and_count_towards_no_patience():
     """The paper's callbacks_start_from: epochs before select_from_epoch (1-based) are not candidates; a warm-up
     epoch with the lowest loss (a collapsed codebook's tiny VQ terms) does not become the best."""
-    cfg = _train_cfg(plateau_patience=1, plateau_factor=0.1, early_stop_patience=2, select_from_epoch=3)
+    cfg = _train_cfg(plateau_patience=1, plateau_factor=0.1, early_stop_patience=2, select_from_epoch=3, max_epochs=100)
     loop = LoopState(learning_rate=1.0)
     best = []
     for v in [1.0, 1.5, 4.0, 3.0, 3.5, 3.5]:
@@ -57,6 +58,10 @@ def test_warm_up_epochs_are_never_best_and_count_towards_no_patience():
     assert loop.best_epoch == 4 and loop.best_val_loss == 3.0
     assert loop.stop_reason.startswith("early stop") and loop.epoch == 6
     assert loop.learning_rate == pytest.approx(0.01)  # dropped after epochs 5 and 6, not during the warm-up
+    # a run shorter than the warm-up still gets a best epoch: its last
+    cfg.max_epochs = 2
+    loop = LoopState(learning_rate=1.0)
+    assert [after_validation(loop, 1.0, cfg)[1], after_validation(dataclasses.replace(loop, epoch=1), 2.0, cfg)[1]] == [False, True]
 
 
 def test_monitored_value_leaves_out_the_weighted_vq_terms():

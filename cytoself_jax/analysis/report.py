@@ -21,6 +21,7 @@ import pandas as pd
 from cytoself_jax.analysis import atlas, interpret, neighbours, plots, scores, spectrum
 from cytoself_jax.analysis.common import AnalysisInputError, group_means
 from cytoself_jax.analysis.embed import SplitOutputs, extract
+from cytoself_jax.analysis import atlas_html, complexes, probe, proteins as protein_level  # the evaluators
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import META_FILE, CropStore, open_store
@@ -58,6 +59,10 @@ class EvalOptions:
     interpret: str = ""  # protein of the interpretation picture; '' = the first of `proteins`
     interpret_codes: int = 3  # spectrum peaks zeroed (each alone, then all together)
     neighbours: int = 10  # nearest proteins listed per protein
+    atlas_thumbnails: int = 2000  # atlas.html: crops with their own hover thumbnail (at least one per protein)
+    probe_max_crops: int = 10_000  # linear probes: at most this many train and eval crops each (seeded subsample)
+    complexes: str = ""  # CSV (protein, complex): complexes.csv/.png, tightness of each complex's subunits
+    complex_permutations: int = 1000  # label permutations of the complexes' null
     seed: int = 0  # subsamples, UMAP seeds (seed, seed+1, ...), example crops
     svg: bool = False  # also write .svg copies of the atlas and spectra
     progress: bool = True
@@ -83,6 +88,11 @@ def _check_options(o: EvalOptions) -> None:
             raise EvalError(f"--{name}: expected a positive integer, got {getattr(o, name)}")
     if o.batch_size < 0:
         raise EvalError(f"--batch_size: expected >= 0 (0 = the run's eval batch size), got {o.batch_size}")
+    for name in ("atlas_thumbnails", "probe_max_crops", "complex_permutations"):
+        if getattr(o, name) < 1:
+            raise EvalError(f"--{name}: expected a positive integer, got {getattr(o, name)}")
+    if o.complexes:
+        complexes.read_complexes(o.complexes)  # a bad file fails now, not after the embedding
 
 
 def _check_checkpoint(run_dir: Path, which: str) -> None:
@@ -345,6 +355,35 @@ def metric_rows(m: dict) -> list[tuple[str, str, str]]:
     if nb and nb["top1_same_family"] is not None:
         rows.append(("nearest protein same family", _format(nb["top1_same_family"]),
                      f"fraction of {nb['annotated_proteins']} annotated proteins (neighbours.csv)"))
+    return rows + _evaluator_rows(m)
+
+
+def _evaluator_rows(m: dict) -> list[tuple[str, str, str]]:
+    """metric_rows of the evaluators (probe, protein atlas, complexes); absent keys (older metrics.json) skip."""
+    rows = []
+    for target, what in (("family", "localization family"), ("protein", "protein identity")):
+        scores_of = (m.get("probe") or {}).get(target) or {}
+        emb, pix = scores_of.get("embedding"), scores_of.get("pixels")
+        if emb:
+            rows.append((f"linear probe {target}: macro-F1 / balanced acc.",
+                         f"{emb['macro_f1']:.3f} / {emb['balanced_accuracy']:.3f}",
+                         f"{what}, logistic regression on the global embedding, train -> {emb['test']} held-out "
+                         f"crops ({emb['classes']} classes; probe.csv)"))
+        if pix:
+            rows.append((f"pixel baseline {target}: macro-F1 / balanced acc.",
+                         f"{pix['macro_f1']:.3f} / {pix['balanced_accuracy']:.3f}",
+                         f"same probe on PCA({pix['pca_components']}) of protein-channel pixels"))
+    p = m.get("proteins")
+    if p:
+        rows.append(("protein communities (Leiden)", str(p["communities"]),
+                     f"of {p['proteins']} proteins (proteins.h5ad); adjusted Rand index vs families "
+                     f"{_format(p['adjusted_rand_family'])}"))
+    c = m.get("complexes")
+    if c:
+        rows.append(("complexes tighter than chance", f"{c['significant_q05']} / {c['scored']}",
+                     f"q < 0.05 vs {c['permutations']} label permutations; median neighbour fraction "
+                     f"{_format(c['median_neighbour_fraction'])} (null {_format(c['median_null_fraction'])}; "
+                     "complexes.csv)"))
     return rows
 
 
@@ -425,7 +464,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         ev = extract(model, variables, store, rows, full=True, reconstruct=examples, desc=f"{o.split} crops",
                      **run_kw)
         notes: list[str] = []
-        train, train_proteins = None, None
+        train, train_proteins, train_rows = None, None, None
         if o.split in ("val", "test"):
             train_rows = splits["train"][_subsample(len(splits["train"]), o.knn_max_train, o.seed)]
             train = extract(model, variables, store, train_rows, full=False, desc="train crops (kNN)", **run_kw)
@@ -447,6 +486,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
                "local_shape": list(model.spec.local_shape), "global_shape": list(model.spec.global_shape),
                "local_codes": model.spec.vq_local.num_codes, "global_codes": model.spec.vq_global.num_codes}
         _write_h5ad(tmp / "embeddings.h5ad", ev, table, split_of_row[rows], class_ids, xy, uns)
+        _evaluators(o, tmp, store, rows, ev, table, xy, train, train_rows, metrics)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (tmp / "metrics.md").write_text(metrics_markdown(metrics))
         _replace_dir(tmp, out)
@@ -591,3 +631,51 @@ def _interpretation(o: EvalOptions, out: Path, model, variables, source: StoreSo
     interpret.plot_interpretation(
         result, out / f"interpretation_{_safe_name(target)}.png", titles, channel=0, channel_name=channel,
         title=f"{target}: crop {int(ev.index[crop])}, its {which} zeroed ({channel} channel)")
+
+
+# ---------------------------------------------------------------------------------------------------- evaluators
+
+
+def _evaluators(o: EvalOptions, out: Path, store: CropStore, rows: np.ndarray, ev: SplitOutputs, table: pd.DataFrame,
+                xy: np.ndarray, train: SplitOutputs | None, train_rows: np.ndarray | None, metrics: dict) -> None:
+    """The output families with one entry point each (analysis/atlas_html, proteins, complexes, probe): run them
+    in order and put their summaries into metrics ('atlas_html', 'proteins', 'complexes', 'probe')."""
+    notes = metrics["notes"]
+    proteins = table["protein"].to_numpy()
+    protein_channel = store.channel_indices(("protein",))[0]
+    thumbs = atlas_html.thumbnail_rows(proteins, o.atlas_thumbnails, o.seed)
+    thumbnails = {int(i): atlas_html.thumbnail_png(store.images[int(rows[i])][..., protein_channel])
+                  for i in thumbs}
+    metrics["atlas_html"] = atlas_html.write_atlas_html(out / "atlas.html", xy, table, thumbnails,
+                                                        title=f"Localization atlas, {o.split} split")
+
+    summary, adata = protein_level.protein_atlas(out, ev.global_vectors, table, n_neighbors=o.umap_neighbors,
+                                                 seed=o.seed, svg=o.svg)
+    metrics["proteins"] = summary
+    if summary is None:
+        notes.append(f"protein atlas: needs at least {protein_level.MIN_PROTEINS} proteins; proteins.h5ad skipped")
+    metrics["complexes"] = None
+    if o.complexes and adata is not None:
+        metrics["complexes"] = complexes.evaluate_complexes(out, adata, o.complexes, o.complex_permutations, o.seed,
+                                                            svg=o.svg)
+    elif o.complexes:
+        notes.append("complexes: need the protein atlas (too few proteins); skipped")
+
+    metrics["probe"] = None
+    if train is None:
+        notes.append(f"linear probe: needs a held-out split (--split val or test), not {o.split!r}")
+        return
+    train_pick = _subsample(len(train_rows), o.probe_max_crops, o.seed)
+    eval_pick = _subsample(len(rows), o.probe_max_crops, o.seed)
+    if len(train_pick) < len(train_rows) or len(eval_pick) < len(rows):
+        notes.append(f"linear probe: seeded subsamples of {len(train_pick)} train and {len(eval_pick)} "
+                     f"{o.split} crops (--probe_max_crops)")
+    features = {
+        "embedding": (train.global_vectors[train_pick].reshape(len(train_pick), -1),
+                      ev.global_vectors[eval_pick].reshape(len(eval_pick), -1)),
+        "pixels": (probe.protein_pixels(store, train_rows[train_pick]), probe.protein_pixels(store, rows[eval_pick])),
+    }
+    metrics["probe"] = probe.run_probes(out, features, store.table.iloc[train_rows[train_pick]].reset_index(drop=True),
+                                        table.iloc[eval_pick].reset_index(drop=True), seed=o.seed)
+    if metrics["probe"]["family"]["embedding"] is None:
+        notes.append("linear probe of family: needs 2 annotated families in train and test")

@@ -146,15 +146,18 @@ def average_precision(embeddings, labels, metric: str = "cosine", block_rows: in
     Positives are the other rows with the same label, negatives all rows with another label; the rest of the
     data set is ranked by similarity (cosine, or minus Euclidean distance) and
     AP = (1/P) sum over positives p of precision at p (positives among the rows ranked at or above p / their number),
-    the definition of the image-profiling tools (copairs, cytominer-eval). Ties are resolved as in
-    sklearn.metrics.average_precision_score: rows with equal similarity are ranked together, after each other,
-    so identical (collapsed) embeddings score chance level, not 1. Queries with no positive get NaN. Returns (N,).
-    Cost O(N^2 d) time in blocks of about 8M similarities; for test sets beyond ~20k rows, subsample or use
-    per-protein profiles.
+    the definition of the image-profiling tools (copairs, cytominer-eval); tests/test_scores.py checks it equal
+    to copairs' on tie-free inputs. Ties are resolved as in sklearn.metrics.average_precision_score: rows with
+    equal similarity form one group, and every positive in it gets the precision at the group's end, so identical
+    (collapsed) embeddings score chance level, not 1 (copairs 0.5 puts tied positives first and scores them 1).
+    Similarities are computed in float64 and values within TIE_TOLERANCE (relative to the scale of the data) of
+    each other count as equal, so rounding in the matrix product never splits a tie. Queries with no positive get
+    NaN. Returns (N,). Cost O(N^2 d) time in blocks of about 8M similarities and a float64 copy of the
+    embeddings; for test sets beyond ~20k rows, subsample or use per-protein profiles.
     """
     where = "average_precision"
     check_choice(metric, ("cosine", "euclidean"), where, "metric")
-    x = as_matrix(embeddings, where, "embeddings", flatten=True, min_rows=2)
+    x = as_matrix(embeddings, where, "embeddings", flatten=True, min_rows=2).astype(np.float64)
     labels = np.unique(as_labels(labels, len(x), where, "labels"), return_inverse=True)[1]
     if metric == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -162,30 +165,39 @@ def average_precision(embeddings, labels, metric: str = "cosine", block_rows: in
             raise fail(where, "embeddings", f"cosine needs non-zero rows; row {np.flatnonzero(norms == 0)[0]} is 0")
         x = x / norms
     sq = np.sum(x * x, axis=1)
+    # Ranking by minus the squared distance is ranking by minus the distance, without sqrt amplifying rounding
+    # near 0 (identical rows); both similarities are bounded by `scale`, so one relative tolerance fits both.
+    scale = 1.0 if metric == "cosine" else max(4 * float(sq.max()), np.finfo(np.float64).tiny)
     n = len(x)
     block = block_rows or max(1, min(n, 2**23 // n))  # ~8M similarities per block: a few 64 MB temporaries
     out = np.full(n, np.nan)
     for start in tqdm(range(0, n, block), desc="average precision", unit="block", leave=False, disable=not progress):
         rows = np.arange(start, min(start + block, n))
         dots = x[rows] @ x.T
-        sims = dots if metric == "cosine" else -np.sqrt(np.maximum(sq[rows, None] + sq[None] - 2 * dots, 0.0))
+        sims = dots if metric == "cosine" else -(sq[rows, None] + sq[None] - 2 * dots)
         sims[np.arange(len(rows)), rows] = -np.inf  # the query itself ranks last and is never a positive
         positive = labels[None, :] == labels[rows, None]
         positive[np.arange(len(rows)), rows] = False
-        out[rows] = _ap_rows(sims, positive)
+        out[rows] = _ap_rows(sims, positive, TIE_TOLERANCE * scale)
     return out
 
 
-def _ap_rows(sims: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """AP per row of a similarity block (b, N) with a positive mask (b, N); NaN where a row has no positive."""
+# Similarities closer than this (relative to their bound) are a tie: float64 products of equal vectors differ
+# by ~1e-16 * d, genuinely different similarities almost never by less than 1e-9.
+TIE_TOLERANCE = 1e-9
+
+
+def _ap_rows(sims: np.ndarray, positive: np.ndarray, tolerance: float) -> np.ndarray:
+    """AP per row of a similarity block (b, N) with a positive mask (b, N); NaN where a row has no positive.
+    Neighbours in the sorted order closer than `tolerance` are tied (chained: a run of close values is one tie)."""
     b, n = sims.shape
     order = np.argsort(-sims, axis=1, kind="stable")
     s = np.take_along_axis(sims, order, axis=1)
     pos = np.take_along_axis(positive, order, axis=1)
     cum_pos = np.cumsum(pos, axis=1)
-    # Each position's tie group ends at the next index whose successor has a different similarity.
+    # Each position's tie group ends at the next index whose successor has a clearly lower similarity.
     last = np.ones((b, n), bool)
-    last[:, :-1] = s[:, :-1] != s[:, 1:]
+    last[:, :-1] = s[:, :-1] - s[:, 1:] > tolerance  # the query's -inf, alone at the end, never ties
     end = np.where(last, np.arange(n), n - 1)
     end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
     precision = np.take_along_axis(cum_pos, end, axis=1) / (end + 1)

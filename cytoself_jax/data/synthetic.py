@@ -21,6 +21,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ CROP_CELL_RADIUS = 0.34  # mean cell radius in a crop, as a fraction of the crop
 CAMERA_OFFSET = 100.0  # counts added by the camera to every pixel
 
 # Key spaces of the per-object random generators (see `crop_rng`).
-_PROTEIN_KEY, _FIELD_KEY, _CROP_KEY = 0, 1, 2
+_PROTEIN_KEY, _FIELD_KEY, _CROP_KEY, _COMPLEX_KEY = 0, 1, 2, 3
 
 
 class SyntheticError(ValueError):
@@ -418,13 +419,50 @@ def draw_protein(rng: np.random.Generator, family: str, name: str = "SYN") -> Pr
     return ProteinSpec(name, family, params, brightness=float(np.exp(rng.uniform(np.log(300), np.log(1500)))))
 
 
-def make_proteins(num_proteins: int, seed: int, families: Sequence[str] = FAMILY_NAMES) -> list[ProteinSpec]:
-    """`num_proteins` proteins named SYN001..., families assigned round-robin; protein i depends only on (seed, i)."""
+COMPLEX_SIZE = 3  # subunits of each synthetic complex
+
+
+def complex_members(num_proteins: int, complexes: int, families: Sequence[str] = FAMILY_NAMES) -> list[list[int]]:
+    """Protein indices of each synthetic complex: complex c is COMPLEX_SIZE proteins of family c % F (F families,
+    round-robin as in make_proteins), its (c // F)-th group of that family's proteins."""
+    n_families, out = len(families), []
+    for c in range(complexes):
+        group = c // n_families
+        members = [c % n_families + n_families * (COMPLEX_SIZE * group + m) for m in range(COMPLEX_SIZE)]
+        if members[-1] >= num_proteins:
+            raise SyntheticError(f"synthetic: complexes: {complexes} complexes of {COMPLEX_SIZE} proteins of one "
+                                 f"family need more than {num_proteins} proteins (families round-robin)")
+        out.append(members)
+    return out
+
+
+def complex_name(c: int) -> str:
+    return f"CPLX{c + 1}"
+
+
+def make_proteins(num_proteins: int, seed: int, families: Sequence[str] = FAMILY_NAMES,
+                  complexes: int = 0) -> list[ProteinSpec]:
+    """`num_proteins` proteins named SYN001..., families assigned round-robin; protein i depends only on (seed, i).
+
+    With complexes > 0, the subunits of each complex (complex_members) share one draw of their family's
+    parameters (the complex's sub-pattern, depending only on (seed, complex)) and keep their own brightness, so
+    they look alike while other proteins of the family do not; complexes=0 gives the proteins of before."""
     if num_proteins < 1:
         raise SyntheticError(f"synthetic: proteins: expected at least 1, got {num_proteins}")
     width = max(3, len(str(num_proteins)))
-    return [draw_protein(_rng(seed, _PROTEIN_KEY, i), families[i % len(families)], f"SYN{i + 1:0{width}d}")
-            for i in range(num_proteins)]
+    proteins = [draw_protein(_rng(seed, _PROTEIN_KEY, i), families[i % len(families)], f"SYN{i + 1:0{width}d}")
+                for i in range(num_proteins)]
+    for c, members in enumerate(complex_members(num_proteins, complexes, families)):
+        shared = draw_protein(_rng(seed, _COMPLEX_KEY, c), proteins[members[0]].family).params
+        for i in members:
+            proteins[i] = dataclasses.replace(proteins[i], params=dict(shared))
+    return proteins
+
+
+def complexes_csv_path(store_path: str | os.PathLike) -> Path:
+    """Where write_synthetic_store puts the ground-truth complexes (protein, complex) of a store: beside it."""
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.name + "_complexes.csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -651,13 +689,16 @@ def _blocks(num_proteins: int, crops_per_protein: int) -> Iterator[tuple[int, in
 
 def write_synthetic_store(path: str | os.PathLike, *, proteins: int = 40, crops_per_protein: int = 120,
                           fields_per_protein: int = 6, size: int = 64, seed: int = 0, dtype: str = "float32",
-                          workers: int = 1, overwrite: bool = False, progress: bool = True) -> CropStore:
+                          workers: int = 1, overwrite: bool = False, progress: bool = True,
+                          complexes: int = 0) -> CropStore:
     """Draw a synthetic dataset and stream it into a crop store at `path`; returns the opened store.
 
     `proteins` proteins (families round-robin), each with `crops_per_protein` crops of `size` x `size` px split
     evenly over `fields_per_protein` fields of view. Channels CHANNELS, raw counts / px; dtype float32 or
     float16 (enough: counts stay far below 65504 and float16's rounding is far below the shot noise).
     `workers` > 1 draws in that many processes; the result is identical for any `workers`.
+    `complexes` > 0 draws that many complexes (see make_proteins) and writes their subunits as a CSV (protein,
+    complex) beside the store (complexes_csv_path), the ground truth of eval.py --complexes.
     """
     checks = {"proteins": (proteins, 1), "crops_per_protein": (crops_per_protein, 1),
               "fields_per_protein": (fields_per_protein, 1), "size": (size, 16), "workers": (workers, 1)}
@@ -669,8 +710,10 @@ def write_synthetic_store(path: str | os.PathLike, *, proteins: int = 40, crops_
                              f"({crops_per_protein}) so every field has a crop, got {fields_per_protein}")
     if dtype not in ("float32", "float16"):
         raise SyntheticError(f"synthetic: dtype: expected 'float32' or 'float16', got {dtype!r}")
-    specs = make_proteins(proteins, seed)
+    specs = make_proteins(proteins, seed, complexes=complexes)
     table = dataset_table(specs, crops_per_protein, fields_per_protein, seed)
+    if complexes:
+        table["source"] = f"synthetic seed={seed} complexes={complexes}"
     kwargs = dict(crops_per_protein=crops_per_protein, fields_per_protein=fields_per_protein, size=size, seed=seed)
     with (create_store(path, len(table), (size, size, len(CHANNELS)), CHANNELS, dtype, overwrite=overwrite) as writer,
           tqdm(total=len(table), desc="drawing synthetic crops", unit="crop", disable=not progress) as bar):
@@ -684,7 +727,12 @@ def write_synthetic_store(path: str | os.PathLike, *, proteins: int = 40, crops_
                 results = _bounded_map(lambda i, a, b: pool.submit(draw_protein_crops, specs[i], i, a, b, **kwargs),
                                        _blocks(proteins, crops_per_protein), 2 * workers)
                 _write_blocks(writer.images, _blocks(proteins, crops_per_protein), results, crops_per_protein, bar)
-        return writer.finalize(table)
+        store = writer.finalize(table)
+    if complexes:
+        pd.DataFrame([(specs[i].name, complex_name(c)) for c, members in
+                      enumerate(complex_members(proteins, complexes)) for i in members],
+                     columns=["protein", "complex"]).to_csv(complexes_csv_path(path), index=False)
+    return store
 
 
 def _bounded_map(submit: Callable[[int, int, int], Future],

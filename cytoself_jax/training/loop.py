@@ -63,6 +63,7 @@ def ensure_dataset(data_cfg: ml_collections.ConfigDict) -> CropStore:
             fields_per_protein=syn.fields_per_protein,
             size=syn.size,
             seed=syn.seed,
+            complexes=syn.get("complexes", 0),  # configs saved before complexes existed lack the field
         )
     return open_store(path)
 

@@ -18,11 +18,12 @@ def after_validation(
     """The loop state after epoch `loop.epoch` ended with val_loss (the monitored validation quantity); also
     whether this epoch is the new best.
 
-    Epochs before train.select_from_epoch (1-based; absent in older runs: 1) are a warm-up: never best, and they
-    count towards neither patience. Sets stop_reason on an early stop. The epoch budget is not part of the state:
-    a resumed run may be given a larger train.max_epochs."""
+    Epochs before train.select_from_epoch (1-based; absent in older runs: 1), or before the last epoch
+    (train.max_epochs) in a shorter run, are a warm-up: never best, and they count towards neither patience; so
+    every run that ends has a best epoch. Sets stop_reason on an early stop. The epoch budget is not part of the
+    state: a resumed run may be given a larger train.max_epochs."""
     epoch = loop.epoch + 1
-    if epoch < train_cfg.get("select_from_epoch", 1):
+    if epoch < min(train_cfg.get("select_from_epoch", 1), train_cfg.max_epochs):
         return dataclasses.replace(loop, epoch=epoch, stop_reason=""), False
     improved = val_loss < loop.best_val_loss
     if improved:
