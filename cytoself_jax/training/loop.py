@@ -276,7 +276,8 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     while not loop.stop_reason and loop.epoch < config.train.max_epochs:
         epoch = loop.epoch
         state = with_learning_rate(state, loop.learning_rate)
-        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size, disable=not (progress and primary))
+        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size,
+                            disable=not (progress and primary))
         pending = None  # metrics of the previous step, read while the current one runs
         for _, batch in zip(range(steps), epoch_batches(epoch)):
             state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), step_key)
