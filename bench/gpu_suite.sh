@@ -52,7 +52,10 @@ row() {  # row NAME COMMAND...: run one benchmark into $RECORDS/NAME.json unless
   timeout -s KILL "$ROW_TIMEOUT" "$PY" "$@" --out "$RECORDS/$name.json" > "$RECORDS/$name.log" 2>&1
   local code=$?
   tail -n 4 "$RECORDS/$name.log"
-  (( code == 0 )) || echo "   $name failed (exit $code)"
+  if (( code != 0 )); then  # the log's last line is what the table shows
+    echo "exit status $code$( (( code == 137 )) && echo ", killed at the row timeout (${ROW_TIMEOUT} s)")" >> "$RECORDS/$name.log"
+    echo "   $name failed (exit $code)"
+  fi
 }
 
 row train_reference_b${BIG} bench/train_step.py --config $CONFIG --batch $BIG --dtype bfloat16 "${STEPS[@]}" "${REF[@]}"
