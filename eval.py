@@ -1,8 +1,10 @@
 """Evaluate a training run: python eval.py --ckpt RUN_DIR [--split test] [--data DIR] [--out DIR] [--random_init].
 
 Writes embeddings.h5ad, metrics.json/.md, protein_profiles.csv, neighbours.csv and the pictures into one folder
-(default RUN_DIR/eval/<split>) and prints a summary table. Exit code 2 with one line on stderr when the run,
-its checkpoint, the data or an option is unusable; no partial output folder is left behind.
+(default RUN_DIR/eval/<split>; RUN_DIR/eval/<split>-<store> for another store) and prints a summary table. Exit
+code 2 with one line on stderr when the run, its checkpoint, the data, an option or the output folder is unusable;
+no partial output folder is left behind, and only a folder eval wrote is ever replaced. To embed every crop of new
+data without splits, use python -m cytoself_jax.embed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _PERMS = flags.DEFINE_integer("complex_permutations", _D.complex_permutations,
                               "Label permutations of the complexes' null distribution.")
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of subsamples, UMAPs and example crops.")
 _SVG = flags.DEFINE_bool("svg", _D.svg, "Also write SVG copies of the atlas and spectra.")
+_CENTER_CROP = flags.DEFINE_bool("center_crop", False, "Crops larger than the run's: keep the central window.")
+_RESIZE = flags.DEFINE_bool("resize", False, "Crops of another size than the run's: resize them (bilinear).")
 
 
 def main(argv: list[str]) -> None:
@@ -52,10 +56,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
-    from cytoself_jax.analysis.report import run_eval, summary_table
+    from cytoself_jax.analysis.report import result_text, run_eval
     from cytoself_jax.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # programs compiled by training or an earlier eval are loaded, not compiled again
+    if _CENTER_CROP.value and _RESIZE.value:
+        raise app.UsageError("--center_crop and --resize: pass at most one")
 
     options = EvalOptions(
         split=_SPLIT.value, data=_DATA.value, out=_OUT.value, which=_WHICH.value, random_init=_RANDOM.value,
@@ -65,19 +71,14 @@ def main(argv: list[str]) -> None:
         atlas_thumbnails=_THUMBS.value, probe_max_crops=_PROBE_MAX.value, complexes=_COMPLEXES.value,
         complex_permutations=_PERMS.value,
         interpret_codes=_CODES.value, neighbours=_NEIGHBOURS.value, seed=_SEED.value, svg=_SVG.value,
+        fit="center-crop" if _CENTER_CROP.value else ("resize" if _RESIZE.value else ""),
     )
     try:
         result = run_eval(_CKPT.value, options)
     except (ValueError, FileNotFoundError) as e:  # EvalError, StoreError, SplitError, ...: one line each
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    m = result.metrics
-    print(f"\n{m['run']['split']} split: {m['run']['crops']} crops, {m['run']['proteins']} proteins "
-          f"({'random init' if m['run']['random_init'] else 'step ' + str(m['run']['step'])})")
-    print(summary_table(m))
-    for note in m["notes"]:
-        print(f"  note: {note}")
-    print(f"outputs: {result.out_dir} (atlas: {result.out_dir / 'atlas.png'}; table: {result.out_dir / 'metrics.md'})")
+    print(result_text(result))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,28 @@
-"""Import a folder of per-cell crops (one TIFF/PNG/NPY file per channel) into a crop store.
+r"""Import a folder of per-cell crops (one TIFF/PNG/NPY file per channel) into a crop store.
 
 The real yeast data (Lu et al. 2019) imports with this one command, run from the repository root::
 
-    python -m cytoself_jax.import_crops ../shared/data/yeast-lu2019/images data/yeast \\
-        --channel gfp=protein --channel rfp=fiducial \\
-        --pattern '(?P<protein>[^_]+)_(?P<fov>\\d+)_rfp_(?P<cell>\\d+)_(?P<channel>gfp|rfp)\\.tif' \\
+    python -m cytoself_jax.import_crops ../shared/data/yeast-lu2019/images data/yeast \
+        --channel gfp=protein --channel rfp=fiducial \
+        --pattern '(?P<protein>[^_]+)_(?P<fov>\d+)_rfp_(?P<cell>\d+)_(?P<channel>gfp|rfp)\.tif' \
         --families ../shared/data/yeast-lu2019/localization.csv
 
-giving 1,642 crops of 64x64x2 (float32), 5 proteins, 20 fields of view, families from the ``localization`` column.
+giving 1,642 crops of 64x64x2 (float32), 5 proteins, 20 fields of view, families from the ``localization`` column
+(the convention is a ``family`` column; ``localization`` is accepted with a note).
 
-``--pattern`` is matched against whole file names; named groups ``fov``, ``cell`` and ``channel`` are required,
-``protein`` is optional (default: the file's first-level folder under SRC). ``--channel TOKEN=ROLE`` maps the
-``channel`` group's value to a store channel role (exactly one ``protein``), in store order.
+``--pattern`` is matched against the whole file name or a whole tail of the file's path relative to SRC (for one
+folder per field, e.g. ``(?P<protein>[^/]+)/(?P<fov>[^/]+)/cell(?P<cell>\d+)_(?P<channel>\w+)\.tif``); named
+groups ``fov``, ``cell`` and ``channel`` are required, ``protein`` is optional (default: the file's first-level
+folder under SRC). Symlinked folders are followed. ``--table CSV`` lists the files instead (columns path, protein,
+fov, cell, channel; paths relative to SRC). ``--channel TOKEN=ROLE`` maps the ``channel`` group's value to a store
+channel role (exactly one ``protein``), in store order; matched files of other tokens are counted in a warning.
+``--derive-distance`` adds the paper's ``distance`` channel computed from the ``nucleus`` one.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from cytoself_jax.data.importers import DEFAULT_PATTERN, import_crops
 
@@ -26,6 +32,10 @@ def _channel(text: str) -> tuple[str, str]:
     if not sep or not token or not role:
         raise argparse.ArgumentTypeError(f"expected TOKEN=ROLE (e.g. gfp=protein), found {text!r}")
     return token, role
+
+
+def _print_warning(message, *_args, **_kwargs) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,20 +49,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern", default=DEFAULT_PATTERN,
                         help="regex for whole file names with groups fov, cell, channel (and optionally protein); "
                              "default: %(default)s")
-    parser.add_argument("--families", help="CSV with a protein column and a localization family column")
+    parser.add_argument("--table", help="CSV listing the files (columns path, protein, fov, cell, channel; paths "
+                                        "relative to SRC) instead of --pattern")
+    parser.add_argument("--derive-distance", action="store_true",
+                        help="add a 'distance' channel: signed distance to the edge of the nucleus channel's mask")
+    parser.add_argument("--distance-sigma", type=float, default=1.0,
+                        help="Gaussian low-pass (px) before the nucleus threshold; default: %(default)s")
+    parser.add_argument("--families", help="CSV with a protein column and a family column")
     parser.add_argument("--families-protein-column", default="protein", help="default: %(default)s")
-    parser.add_argument("--families-column", default="localization", help="default: %(default)s")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at OUT")
+    parser.add_argument("--families-column", default="",
+                        help="default: 'family', or 'localization' when the table has no 'family' column")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing crop store at OUT (never any "
+                                                                 "other folder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     tokens = [t for t, _ in args.channel]
     if len(set(tokens)) != len(tokens):
         parser.error(f"--channel: each token once, found {tokens}")
+    if args.table and args.pattern != DEFAULT_PATTERN:
+        parser.error("--table and --pattern: pass one of them")
     try:
-        store = import_crops(args.src, args.out, dict(args.channel), pattern=args.pattern, families=args.families,
-                             family_protein_column=args.families_protein_column, family_column=args.families_column,
-                             overwrite=args.overwrite, progress=not args.quiet)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _print_warning
+            store = import_crops(args.src, args.out, dict(args.channel), pattern=args.pattern, table=args.table,
+                                 families=args.families, family_protein_column=args.families_protein_column,
+                                 family_column=args.families_column, derive_distance=args.derive_distance,
+                                 distance_sigma=args.distance_sigma, overwrite=args.overwrite,
+                                 progress=not args.quiet)
     except ValueError as err:  # CropImportError and StoreError: one line naming file and field
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from cytoself_jax.data.synthetic import draw_field
 from cytoself_jax.prepare.crop import crop_nuclei
-from cytoself_jax.prepare.distance import signed_distance
+from cytoself_jax.imaging.distance import signed_distance
 from cytoself_jax.prepare.io import FieldError, InputError, fields_from_pattern, fields_from_table, read_field
 from cytoself_jax.prepare.segment import SegmentParams, crude_mask, refine_mask, segment_nuclei
 

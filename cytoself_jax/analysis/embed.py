@@ -1,7 +1,8 @@
 """Streamed, jitted, data-parallel passes of a trained model over crops of a store: the embeddings (encoders and
 quantizers only) or, with full=True, also the classifier logits and per-crop reconstruction errors.
 
-Batches come from the eval pipeline (store order, no augmentation), are split over every local device along the
+Batches come from the eval pipeline (store order, no augmentation) or, for crops in memory, from the same
+normalization applied to the array, are split over every local device along the
 'data' axis with the variables replicated, and the results are gathered back to host numpy arrays in the order of
 the rows asked for. A last partial batch is padded to the full batch with zero images, so one compiled program
 serves every batch; the padded outputs are dropped.
@@ -9,7 +10,7 @@ serves every batch; the padded outputs are dropped.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +18,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from cytoself_jax.data.pipeline import make_dataset
+from cytoself_jax.data.pipeline import make_dataset, normalize_crop
 from cytoself_jax.data.store import CropStore
+from cytoself_jax.imaging.fit import Fit
 from cytoself_jax.models.quantizer import code_histogram
 from cytoself_jax.training import mesh as mesh_lib
 
@@ -30,6 +32,7 @@ class SplitOutputs:
     global_vectors: (N, h2, w2, D2) float32, the global quantized representation (the atlas' embedding);
     global_indices: (N, h2, w2, S2) int32 and local_indices: (N, h1, w1, S1) int32, the code indices;
     local_histograms: (N, K1) int32, per-crop counts of each local code (sum h1*w1*S1 per row).
+    With local_vectors=True only: local_vectors (N, h1, w1, D1) float32, the local quantized representation.
     With full=True only: logits, head level -> (N, num_classes) float32; squared_error: (N, C) float32, the
     per-channel mean over pixels of (reconstruction - input)^2 on normalized images; reconstructions:
     (len(reconstruct), H, W, C) float32 of the crops asked for with `reconstruct` (see extract).
@@ -40,6 +43,7 @@ class SplitOutputs:
     global_indices: np.ndarray
     local_indices: np.ndarray
     local_histograms: np.ndarray
+    local_vectors: np.ndarray | None = None
     logits: dict[str, np.ndarray] | None = None
     squared_error: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
@@ -48,7 +52,7 @@ class SplitOutputs:
         return len(self.index)
 
 
-def _embed_fn(model, full: bool):
+def _embed_fn(model, full: bool, local_vectors: bool = False):
     num_local_codes = model.spec.vq_local.num_codes
 
     def embed(variables: Any, images: jax.Array) -> dict:
@@ -64,6 +68,8 @@ def _embed_fn(model, full: bool):
             "local_indices": vq_local.indices,
             "local_histograms": code_histogram(vq_local.indices, num_local_codes),
         }
+        if local_vectors:
+            result["local_vectors"] = vq_local.quantized.astype(jnp.float32)
         if full:
             result["logits"] = {level: v.astype(jnp.float32) for level, v in out.logits.items()}
             result["squared_error"] = jnp.mean((out.reconstruction - images.astype(jnp.float32)) ** 2, axis=(1, 2))
@@ -83,6 +89,8 @@ def extract(
     batch_size: int = 256,
     full: bool = False,
     reconstruct: Sequence[int] = (),
+    local_vectors: bool = False,
+    fit: Fit | None = None,
     mesh: Mesh | None = None,
     num_workers: int = 0,
     prefetch: int = 2,
@@ -94,15 +102,61 @@ def extract(
     batch_size is the global batch, rounded up to a multiple of the devices of `mesh` (default: a 1-D mesh of
     all local devices). full=False runs model.embed only; full=True runs the whole forward pass (decoders and
     heads) to add logits and reconstruction errors, and the reconstructions of the crops at positions
-    `reconstruct` (into rows; a few examples: the others never leave the devices). Single host: every device
-    must be addressable.
+    `reconstruct` (into rows; a few examples: the others never leave the devices). local_vectors=True also
+    returns the local quantized vectors (large: keep it for small sets). `fit` maps each raw crop to the model's
+    size first (imaging.fit.Fit). Single host: every device must be addressable.
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     mesh = mesh if mesh is not None else mesh_lib.make_mesh(jax.local_devices())
+    batch = _global_batch(batch_size, mesh)
+    size = fit.size if fit is not None else store.image_shape[:2]
+    batches = make_dataset(store, rows, channels=channels, batch_size=batch, train=False, drop_remainder=False,
+                           num_workers=num_workers, prefetch=prefetch, fit=fit)
+    return _run(model, variables, batches, rows, (*size, len(channels)), batch, mesh, full, reconstruct,
+                local_vectors, progress, desc)
+
+
+def extract_arrays(
+    model,
+    variables: Any,
+    images: np.ndarray,
+    *,
+    channels: Sequence[str],
+    batch_size: int = 256,
+    local_vectors: bool = False,
+    fit: Fit | None = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    desc: str = "embed",
+) -> SplitOutputs:
+    """extract() for in-memory raw crops (N, H, W, C), channels named by `channels` in array order: each crop is
+    fitted (optional) and normalized exactly as the store pipeline does; index is 0..N-1."""
+    images = np.asarray(images)
+    mesh = mesh if mesh is not None else mesh_lib.make_mesh(jax.local_devices())
+    batch = _global_batch(batch_size, mesh)
+    size = fit.size if fit is not None else images.shape[1:3]
+
+    def batches():
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch]
+            crops = [fit(c) if fit is not None else c for c in chunk]
+            yield {"image": np.stack([normalize_crop(c, channels) for c in crops]),
+                   "index": np.arange(start, start + len(chunk))}
+
+    return _run(model, variables, batches(), np.arange(len(images)), (*size, len(channels)), batch, mesh, False, (),
+                local_vectors, progress, desc)
+
+
+def _global_batch(batch_size: int, mesh: Mesh) -> int:
     n_dev = mesh.devices.size
-    batch = -(-max(int(batch_size), 1) // n_dev) * n_dev
-    fn = _embed_fn(model, full)
-    image_shape = (*store.image_shape[:2], len(channels))
+    return -(-max(int(batch_size), 1) // n_dev) * n_dev
+
+
+def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shape: tuple[int, int, int], batch: int,
+         mesh: Mesh, full: bool, reconstruct: Sequence[int], local_vectors: bool, progress: bool,
+         desc: str) -> SplitOutputs:
+    """The jitted, sharded pass over batches of normalized crops whose 'index' runs through rows in order."""
+    fn = _embed_fn(model, full, local_vectors)
     shapes = jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
     # Host buffers for the whole pass, filled batch by batch.
     rec_shape = shapes.pop("reconstruction", None)
@@ -114,8 +168,6 @@ def extract(
     step = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
                    out_shardings=mesh_lib.batch_sharding(mesh))
     placed = mesh_lib.replicate(variables, mesh)
-    batches = make_dataset(store, rows, channels=channels, batch_size=batch, train=False, drop_remainder=False,
-                           num_workers=num_workers, prefetch=prefetch)
 
     def collect(pending: tuple[int, int, Any]) -> None:
         start, count, out = pending

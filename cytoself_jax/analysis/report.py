@@ -1,32 +1,33 @@
 """One evaluation of a training run: embeddings, metrics, tables and pictures of a split, in one output folder.
 
 run_eval(run_dir, EvalOptions(...)) checks everything it can before any heavy work (run directory, checkpoint,
-store compatibility, options), then writes into a temporary sibling folder renamed into place at the end, so a
-failed or interrupted evaluation never leaves a partial output folder. See eval.py for the command line.
+store compatibility, options, output folder), then writes into a temporary sibling folder renamed into place at the
+end (analysis/outdir.py), so a failed or interrupted evaluation never leaves a partial output folder, and replaces
+only a folder an earlier evaluation wrote. With by_field=False it embeds every crop of any compatible store, without
+splits (the embed command). See eval.py for the command line.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 import pandas as pd
 
-from cytoself_jax.analysis import atlas, interpret, neighbours, plots, scores, spectrum
+from cytoself_jax.analysis import atlas, interpret, neighbours, outdir, plots, scores, spectrum
 from cytoself_jax.analysis.common import AnalysisInputError, group_means
 from cytoself_jax.analysis.embed import SplitOutputs, extract
 from cytoself_jax.analysis import atlas_html, complexes, probe, proteins as protein_level  # the evaluators
 from cytoself_jax.data.pipeline import StoreSource
-from cytoself_jax.data.splits import split_by_field
+from cytoself_jax.data.splits import SplitError, empty_split_message, split_by_field
 from cytoself_jax.data.store import META_FILE, CropStore, open_store
-from cytoself_jax.training.checkpoint import load_run_config, load_trained
-from cytoself_jax.training.state import build_model, create_train_state
+from cytoself_jax.imaging.fit import FITS, Fit, FitError, fit_for
+from cytoself_jax.run import has_checkpoint, load_run, load_run_config
 
 SPLITS = ("train", "val", "test", "all")
 NON_CLASSES = scores.NON_CLASSES
@@ -65,6 +66,8 @@ class EvalOptions:
     complex_permutations: int = 1000  # label permutations of the complexes' null
     seed: int = 0  # subsamples, UMAP seeds (seed, seed+1, ...), example crops
     svg: bool = False  # also write .svg copies of the atlas and spectra
+    fit: str = ""  # crops of another size than the run's: 'center-crop' or 'resize' ('' = refuse them)
+    by_field: bool = True  # False: every crop of the store, no split by field (embedding new data; split='all')
     progress: bool = True
 
 
@@ -86,6 +89,10 @@ def _check_options(o: EvalOptions) -> None:
                  "neighbours"):
         if getattr(o, name) < (2 if name in ("umap_neighbors", "map_max_crops") else 1):
             raise EvalError(f"--{name}: expected a positive integer, got {getattr(o, name)}")
+    if o.fit not in ("", *FITS):
+        raise EvalError(f"fit: expected '' or one of {list(FITS)}, got {o.fit!r}")
+    if not o.by_field and o.split != "all":
+        raise EvalError(f"--split {o.split}: embedding every crop (no split by field) takes split 'all'")
     if o.batch_size < 0:
         raise EvalError(f"--batch_size: expected >= 0 (0 = the run's eval batch size), got {o.batch_size}")
     for name in ("atlas_thumbnails", "probe_max_crops", "complex_permutations"):
@@ -96,30 +103,38 @@ def _check_options(o: EvalOptions) -> None:
 
 
 def _check_checkpoint(run_dir: Path, which: str) -> None:
-    # Checked here rather than by opening orbax, which would create empty checkpoint folders in the run.
-    folder = run_dir / "checkpoints" / which
-    if not folder.is_dir() or not any(p.name.isdigit() for p in folder.iterdir()):
-        raise EvalError(f"{folder}: no complete '{which}' checkpoint: train first (or pass --random_init)")
+    if not has_checkpoint(run_dir, which):
+        raise EvalError(f"{run_dir / 'checkpoints' / which}: no complete '{which}' checkpoint: train first (or pass "
+                        "--random_init)")
 
 
-def _open_compatible_store(path: Path, run_dir: Path, info: dict) -> CropStore:
+def _open_compatible_store(path: Path, run_dir: Path, info: dict, fit: str = "") -> tuple[CropStore, Fit | None]:
+    """The store and the Fit its crops need (None when they have the run's size)."""
     store = open_store(path)
     channels = list(info["channels"])
     missing = [c for c in channels if c not in store.channels]
     if missing:
         raise EvalError(f"{path / META_FILE}: channels: the run {run_dir} was trained on {channels}, the store has "
                         f"{list(store.channels)} (incompatible checkpoint)")
-    if list(store.image_shape[:2]) != list(info["image_shape"][:2]):
-        raise EvalError(f"{path / META_FILE}: shape: the run {run_dir} was trained on "
-                        f"{info['image_shape'][0]}x{info['image_shape'][1]} crops, the store has "
-                        f"{store.image_shape[0]}x{store.image_shape[1]} (incompatible checkpoint)")
-    return store
+    try:
+        return store, fit_for(store.image_shape[:2], info["image_shape"][:2], fit, f"{path / META_FILE}",
+                              f"the run {run_dir}")
+    except FitError as e:
+        raise EvalError(str(e)) from None
 
 
-def default_out_dir(run_dir: Path, options: EvalOptions) -> Path:
-    """RUN_DIR/eval/<split> (best checkpoint), <split>-latest (latest) or <split>-random-init (untrained floor)."""
+def default_out_dir(run_dir: Path, options: EvalOptions, run_store: str | Path = "") -> Path:
+    """RUN_DIR/eval/<split> (best checkpoint), <split>-latest (latest) or <split>-random-init (untrained floor);
+    for another store than the run's own (`run_store`), <split>...-<store name>; without splits (by_field=False),
+    RUN_DIR/embed/<store name>[-latest|-random-init] (a store named 'store', as prepare writes OUT/store, is named
+    after its parent). A folder named after the data never holds the run's own eval."""
     suffix = "-random-init" if options.random_init else ("-latest" if options.which == "latest" else "")
-    return Path(run_dir) / "eval" / (options.split + suffix)
+    data = Path(options.data or run_store).absolute()
+    name = _safe_name(data.parent.name if data.name == "store" else data.name)  # prepare writes OUT/store
+    if not options.by_field:
+        return Path(run_dir) / "embed" / (name + suffix)
+    other = options.data and Path(options.data).resolve() != Path(run_store or options.data).resolve()
+    return Path(run_dir) / "eval" / (options.split + suffix + (f"-{name}" if other else ""))
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -179,22 +194,6 @@ def _largest(values: np.ndarray, exclude: Sequence[str] = NON_CLASSES) -> list[s
     return sorted(counts.index, key=lambda v: (-counts[v], v))
 
 
-# ---------------------------------------------------------------------------------------------------- model
-
-
-def _load_model(run_dir: Path, config, info: dict, options: EvalOptions):
-    """(model, variables, step): the checkpoint's, or with random_init the run's model at its initialisation."""
-    if not options.random_init:
-        trained = load_trained(run_dir, options.which)
-        return trained.model, trained.variables, trained.step
-    image_shape = tuple(info["image_shape"])
-    model = build_model(config, image_shape, len(info["proteins"]))
-    init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # the key training starts from
-    # Jitted: initialising op by op compiles every op on its own and takes ~10x longer.
-    state = jax.jit(lambda k: create_train_state(model, image_shape, config.train.learning_rate, k))(init_key)
-    return model, {"params": state.params, **state.model_state}, 0
-
-
 # ---------------------------------------------------------------------------------------------------- metrics
 
 
@@ -225,10 +224,12 @@ def _scores(o: EvalOptions, ev: SplitOutputs, table: pd.DataFrame, class_ids: np
         heads[level] = {"top1": top1, "top5": top5}
     # Chance level of protein identity top-k: a uniform guess among the run's proteins.
     m["chance"] = {"top1": 1 / num_classes, "top5": min(5, num_classes) / num_classes}
-    m["classifier"] = {**heads, "crops_unknown_protein": int(np.sum(~known))} if heads else None
+    m["classifier"] = {**heads, "crops_unknown_protein": int(np.sum(~known))} if heads and known.any() else None
     if not heads:
         notes.append("classifier: the model has no identification head (config.model.heads is empty)")
-    if int(np.sum(~known)):
+    elif not known.any():
+        notes.append("classifier: no crop is of a protein the run was trained on, so protein identity is not scored")
+    elif int(np.sum(~known)):
         notes.append(f"classifier: {int(np.sum(~known))} crops of proteins the run was not trained on count as misses")
 
     if train is not None:
@@ -407,15 +408,15 @@ def summary_table(m: dict) -> str:
     return "\n".join(f"  {a:<{width}}  {b}" for a, b in rows)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished tmp folder to out, replacing an earlier evaluation there."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def result_text(result: EvalResult) -> str:
+    """What eval.py and the embed command print at the end: crops, summary table, notes, where the outputs are."""
+    m, out = result.metrics, result.out_dir
+    r = m["run"]
+    lines = [f"\n{r['split']} {'split' if r['split'] != 'all' else 'crops'}: {r['crops']} crops, {r['proteins']} "
+             f"proteins ({'random init' if r['random_init'] else 'step ' + str(r['step'])})", summary_table(m)]
+    lines += [f"  note: {note}" for note in m["notes"]]
+    lines.append(f"outputs: {out} (atlas: {out / 'atlas.png'}; table: {out / 'metrics.md'})")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -430,16 +431,15 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
     if not o.random_init:
         _check_checkpoint(run_dir, o.which)
     store_path = Path(o.data or info["store"])
-    store = _open_compatible_store(store_path, run_dir, info)
+    store, fit = _open_compatible_store(store_path, run_dir, info, o.fit)
     channels = tuple(info["channels"])
-    splits = split_by_field(store.table, tuple(config.data.split_fractions), seed=config.data.split_seed,
-                            allow_single_field=config.data.allow_single_field)
-    split_of_row = np.empty(len(store), dtype=object)
+    splits = _splits(o, config, store, store_path, run_dir)
+    split_of_row = np.full(len(store), "all", dtype=object)
     for name, idx in splits.items():
         split_of_row[idx] = name
     rows = np.arange(len(store)) if o.split == "all" else splits[o.split]
     if len(rows) < 3:
-        raise EvalError(f"{store_path}: split {o.split!r}: expected at least 3 crops to evaluate, found {len(rows)}")
+        raise EvalError(empty_split_message(store.table, splits, o.split, str(store_path), minimum=3))
     table = store.table.iloc[rows].reset_index(drop=True)
     proteins, families = table["protein"].to_numpy(), table["family"].to_numpy()
     shown = _choose_proteins(o, proteins, families)
@@ -447,18 +447,22 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
     if o.family and o.family not in set(families):
         raise EvalError(f"--family: no crop of the {o.split} split has family {o.family!r}; families: "
                         f"{_largest(families)}")
-    out = Path(o.out) if o.out else default_out_dir(run_dir, o)
+    out = Path(o.out) if o.out else default_out_dir(run_dir, o, info["store"])
+    command = "eval" if o.by_field else "embed"
+    try:
+        outdir.check_replaceable(out, command)
+    except outdir.OutputFolderError as e:
+        raise EvalError(str(e)) from None
 
-    model, variables, step = _load_model(run_dir, config, info, o)
+    run = load_run(run_dir, o.which, random_init=o.random_init)
+    model, variables, step = run.model, run.variables, run.step
     class_of = {p: i for i, p in enumerate(info["proteins"])}
     class_ids = np.array([class_of.get(p, -1) for p in proteins], dtype=np.int64)
     run_kw = dict(channels=channels, batch_size=o.batch_size or config.train.eval_batch_size,
-                  num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress)
+                  num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress, fit=fit)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = outdir.staging_folder(out, command, {"run_dir": str(run_dir), "store": str(store_path), "split": o.split,
+                                               "checkpoint": run.checkpoint})
     try:
         examples = _example_rows(proteins, families, 8, o.seed)
         ev = extract(model, variables, store, rows, full=True, reconstruct=examples, desc=f"{o.split} crops",
@@ -477,10 +481,10 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         metrics["run"] = {"run_dir": str(run_dir), "checkpoint": "random-init" if o.random_init else o.which,
                           "step": int(step), "random_init": o.random_init, "store": str(store_path),
                           "split": o.split, "crops": int(len(rows)), "proteins": int(len(set(proteins))),
-                          "families": len(_largest(families))}
+                          "families": len(_largest(families)), "fit": o.fit if fit is not None else ""}
         metrics["notes"] = notes
         _tables_and_pictures(o, tmp, run_dir, model, variables, store, rows, channels, ev, examples, table, xy,
-                             caption, family, shown, metrics)
+                             caption, family, shown, metrics, fit)
         uns = {"channels": list(channels), "proteins": list(info["proteins"]), "split": o.split,
                "run_dir": str(run_dir), "store": str(store_path), "step": int(step), "random_init": o.random_init,
                "local_shape": list(model.spec.local_shape), "global_shape": list(model.spec.global_shape),
@@ -489,11 +493,26 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         _evaluators(o, tmp, store, rows, ev, table, xy, train, train_rows, metrics)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (tmp / "metrics.md").write_text(metrics_markdown(metrics))
-        _replace_dir(tmp, out)
+        outdir.commit(tmp, out, command)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return EvalResult(out_dir=out, metrics=metrics)
+
+
+def _splits(o: EvalOptions, config, store: CropStore, store_path: Path, run_dir: Path) -> dict[str, np.ndarray]:
+    """The run's split by field of this store ({} without splits: by_field=False)."""
+    if not o.by_field:
+        return {}
+    try:
+        with warnings.catch_warnings():  # single-field proteins are training's concern, said there
+            warnings.simplefilter("ignore")
+            return split_by_field(store.table, tuple(config.data.split_fractions), seed=config.data.split_seed,
+                                  allow_single_field=config.data.allow_single_field or o.split == "all",
+                                  where=str(store_path / "crops.csv"))
+    except SplitError as e:
+        raise EvalError(f"{e}; to embed every crop of a store without splits (new data, any number of fields), "
+                        f"run python -m cytoself_jax.embed --ckpt {run_dir} --data {store_path}") from None
 
 
 def _choose_proteins(o: EvalOptions, proteins: np.ndarray, families: np.ndarray) -> list[str]:
@@ -527,7 +546,7 @@ def _example_rows(proteins: np.ndarray, families: np.ndarray, count: int, seed: 
 def _tables_and_pictures(o: EvalOptions, out: Path, run_dir: Path, model, variables, store: CropStore,
                          rows: np.ndarray, channels: Sequence[str], ev: SplitOutputs, examples: np.ndarray,
                          table: pd.DataFrame, xy: np.ndarray, caption: str, family: str, shown: list[str],
-                         metrics: dict) -> None:
+                         metrics: dict, fit: Fit | None = None) -> None:
     """Everything but embeddings.h5ad and metrics.*: atlas pictures, reconstructions, spectra, profiles,
     neighbours, interpretation, curves; adds metrics['neighbours'] and notes."""
     proteins, families = table["protein"].to_numpy(), table["family"].to_numpy()
@@ -542,7 +561,7 @@ def _tables_and_pictures(o: EvalOptions, out: Path, run_dir: Path, model, variab
         atlas.plot_family_proteins(xy, families, proteins, family, out / f"atlas_{_safe_name(family)}.png", svg=o.svg)
 
     # Reconstructions of example crops of distinct proteins.
-    source = StoreSource(store, rows, channels)
+    source = StoreSource(store, rows, channels, fit)
     images = np.stack([source[int(i)]["image"] for i in examples])
     plots.plot_reconstructions(images, ev.reconstructions, out / "reconstructions.png", channels=channels,
                                row_titles=[f"{proteins[i]}\n{families[i]}" for i in examples],

@@ -8,7 +8,7 @@ whether the run was resumed or not, and with or without worker processes.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -71,11 +71,14 @@ class StoreSource:
     """Random-access source (grain protocol: ``len``, ``[i]``) over chosen rows of a store.
 
     Item i is ``{"image": normalized float32 (H, W, C) of row rows[i], channels in the order asked, "label": int32,
-    "index": int32}``. Pickles without pixels: the memmap is (re)opened lazily in each process.
+    "index": int32}``. ``fit`` (e.g. imaging.fit.Fit) maps each raw crop to another size before normalization.
+    Pickles without pixels: the memmap is (re)opened lazily in each process.
     """
 
-    def __init__(self, store: CropStore, rows: np.ndarray, channels: Sequence[str]):
+    def __init__(self, store: CropStore, rows: np.ndarray, channels: Sequence[str],
+                 fit: Callable[[np.ndarray], np.ndarray] | None = None):
         self.path = store.path
+        self.fit = fit
         self.rows = np.asarray(rows, dtype=np.int64)
         self.channels = tuple(channels)
         self.channel_indices = list(store.channel_indices(self.channels))
@@ -90,6 +93,8 @@ class StoreSource:
             self._images = np.load(self.path / IMAGES_FILE, mmap_mode="r")
         row = self.rows[i]
         crop = self._images[row][..., self.channel_indices]
+        if self.fit is not None:
+            crop = self.fit(crop)
         return {"image": normalize_crop(crop, self.channels), "label": self.labels[i], "index": np.int32(row)}
 
     def __getstate__(self) -> dict:
@@ -151,7 +156,8 @@ def _shard_of_global_batches(ds: grain.MapDataset, shard: int, batch: int, globa
 
 def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[str], batch_size: int, train: bool,
                  seed: int = 0, epoch: int = 0, num_workers: int = 0, prefetch: int = 2,
-                 drop_remainder: bool | None = None, shard_index: int = 0, shard_count: int = 1) -> Batches:
+                 drop_remainder: bool | None = None, shard_index: int = 0, shard_count: int = 1,
+                 fit: Callable[[np.ndarray], np.ndarray] | None = None) -> Batches:
     """One epoch of batches over the store rows ``indices``.
 
     ``batch_size`` is this shard's batch: host ``shard_index`` of ``shard_count`` yields batches of ``batch_size``
@@ -162,6 +168,7 @@ def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[st
     ``num_workers > 0`` reads in that many worker processes (same batches as in-process; starting them costs
     ~2 s per call, so use 0 for small datasets); ``prefetch`` is the number of batches buffered (per worker).
     Multi-host eval: shards may get last batches of different sizes (or none); pad before placing on devices.
+    ``fit`` maps each raw crop to the model's size first (see StoreSource).
     """
     rows = np.asarray(indices, dtype=np.int64).reshape(-1)
     if rows.size == 0:
@@ -182,7 +189,7 @@ def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[st
     drop = train if drop_remainder is None else drop_remainder
     global_batch = batch_size * shard_count
 
-    ds = grain.MapDataset.source(StoreSource(store, rows, channels))
+    ds = grain.MapDataset.source(StoreSource(store, rows, channels, fit))
     if train:
         ds = ds.shuffle(seed=derive_seed(seed, epoch, _SHUFFLE_STREAM))
         # Augmentation is keyed on the position in the global shuffled order, before sharding, so it does not

@@ -78,3 +78,56 @@ def split_by_field(table: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 
         warnings.warn(f"{len(single)} protein(s) with a single field of view go to train only: {single[:5]}",
                       stacklevel=2)
     return {name: np.flatnonzero(split_of_row == s).astype(np.int64) for s, name in enumerate(SPLITS)}
+
+
+def split_sizes(table: pd.DataFrame, splits: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per protein (index, sorted): its number of fields of view and of crops in each split (columns fields,
+    train, val, test)."""
+    proteins = table["protein"].astype(str).to_numpy()
+    split_of_row = np.full(len(table), "", dtype=object)
+    for name, rows in splits.items():
+        split_of_row[rows] = name
+    frame = pd.DataFrame({"protein": proteins, "split": split_of_row})
+    counts = pd.crosstab(frame["protein"], frame["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    fields = table.assign(protein=proteins).groupby("protein")["fov"].nunique()
+    counts.insert(0, "fields", fields.reindex(counts.index).to_numpy())
+    return counts
+
+
+def _describe(sizes: pd.DataFrame, limit: int = 5) -> str:
+    rows = [f"{p} ({r.fields} field{'s' if r.fields != 1 else ''}: train {r.train}, val {r.val}, test {r.test})"
+            for p, r in sizes.head(limit).iterrows()]
+    return "; ".join(rows) + (f"; ... ({len(sizes)} proteins)" if len(sizes) > limit else "")
+
+
+def check_split_sizes(table: pd.DataFrame, splits: dict[str, np.ndarray], where: str = "crop table") -> list[str]:
+    """Warnings for a training run's splits: an empty test split (eval would have nothing to test), with the split
+    sizes per protein. Raises SplitError when train or val is empty (training needs both)."""
+    sizes = split_sizes(table, splits)
+    few = sizes[sizes["fields"] < len(SPLITS)]
+    for name in ("train", "val"):
+        if len(splits[name]) == 0:
+            raise SplitError(f"{where}: fov: the {name} split is empty: each protein's fields of view go whole to one "
+                             f"split and {len(few)} of {len(sizes)} proteins have fewer than 3 fields "
+                             f"({_describe(few)}); image more fields per protein or change data.split_fractions")
+    if len(splits["test"]) == 0:
+        return [f"{where}: fov: the test split is empty, so eval will have no held-out crops to test: each protein's "
+                f"fields of view go whole to one split and {len(few)} of {len(sizes)} proteins have fewer than 3 "
+                f"fields; per protein: {_describe(sizes)}. Evaluate with eval.py --split val, or embed every crop "
+                "with python -m cytoself_jax.embed"]
+    return []
+
+
+def empty_split_message(table: pd.DataFrame, splits: dict[str, np.ndarray], split: str, where: str,
+                        minimum: int = 1) -> str:
+    """One line for a split with fewer than `minimum` crops: why (fields per protein) and what to do."""
+    if not splits:
+        return f"{where}: crops: expected at least {minimum} crops, found {len(table)}"
+    sizes = split_sizes(table, splits)
+    few = sizes[sizes["fields"] < len(SPLITS)]
+    n = len(splits.get(split, ())) if split in splits else len(table)
+    why = (f"each protein's fields of view go whole to one split and {len(few)} of {len(sizes)} proteins have fewer "
+           f"than 3 fields" if len(few) else "the store is small")
+    return (f"{where}: split {split!r}: expected at least {minimum} crops, found {n}: {why} (per protein: "
+            f"{_describe(sizes)}); evaluate another split (--split val or --split all), or embed every crop without "
+            f"splits: python -m cytoself_jax.embed --ckpt RUN --data {where}")

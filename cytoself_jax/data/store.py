@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -192,6 +193,8 @@ class StoreWriter:
             raise _fail(self.path / META_FILE, "shape", f"expected at least one crop, found num_crops={num_crops}")
         if self.path.exists() and not overwrite:
             raise _fail(self.path, "store", "already exists; pass overwrite=True to replace it")
+        if overwrite:
+            check_replaceable_store(self.path)
         self.overwrite = overwrite
         self.shape = (int(num_crops), *(int(s) for s in image_shape))
         self.dtype = dtype
@@ -203,19 +206,25 @@ class StoreWriter:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def finalize(self, table: pd.DataFrame) -> CropStore:
-        """Validate ``table`` (one row per crop), write it and the metadata, and move the store into place."""
+    def finalize(self, table: pd.DataFrame, metadata: dict | None = None) -> CropStore:
+        """Validate ``table`` (one row per crop), write it and the metadata (``metadata``: extra store.json keys,
+        e.g. how a channel was derived), and move the store into place."""
         table = _check_table(table, self.shape[0], self.path / TABLE_FILE)
         self.images.flush()
         del self.images  # release the memmap before renaming (required on Windows)
         table.to_csv(self.tmp_path / TABLE_FILE, index=False)
-        meta = {"format": FORMAT, "version": VERSION, "channels": list(self.channels), "shape": list(self.shape),
-                "dtype": self.dtype}
+        meta = {**(metadata or {}), "format": FORMAT, "version": VERSION, "channels": list(self.channels),
+                "shape": list(self.shape), "dtype": self.dtype}
         (self.tmp_path / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         if self.path.exists():
             if not self.overwrite:
                 self.abort()
                 raise _fail(self.path, "store", "appeared while writing; pass overwrite=True to replace it")
+            try:
+                check_replaceable_store(self.path)
+            except StoreError:
+                self.abort()
+                raise
             # A directory cannot be os.replace'd onto a non-empty one: move the old store aside first, so the
             # final path always holds either the old or the new complete store.
             trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
@@ -239,6 +248,24 @@ class StoreWriter:
             self.abort()
 
 
+def check_replaceable_store(path: str | os.PathLike) -> None:
+    """Refuse (StoreError) to replace `path` unless it is absent, an empty folder or a crop store (its store.json
+    says so): overwrite=True replaces a store, never a folder of images or anything else."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return
+        try:
+            if json.loads((path / META_FILE).read_text()).get("format") == FORMAT:
+                return
+        except (OSError, ValueError, AttributeError):
+            pass
+    raise _fail(path, "store", "exists and is not a crop store (no store.json of format "
+                f"{FORMAT!r}), so overwrite never replaces it; choose another output folder")
+
+
 def create_store(path: str | os.PathLike, num_crops: int, image_shape: Sequence[int], channels: Sequence[str],
                  dtype: str | np.dtype, *, overwrite: bool = False) -> StoreWriter:
     """Start writing a store of ``num_crops`` crops of ``image_shape`` (H, W, C); refuses an existing path
@@ -248,13 +275,29 @@ def create_store(path: str | os.PathLike, num_crops: int, image_shape: Sequence[
 
 def write_store(path: str | os.PathLike, images: np.ndarray, table: pd.DataFrame, channels: Sequence[str], *,
                 overwrite: bool = False) -> CropStore:
-    """Write in-memory ``images`` (N, H, W, C) and their ``table`` as a store; returns the opened store."""
+    """Write in-memory ``images`` (N, H, W, C) and their ``table`` as a store; returns the opened store.
+
+    float64 arrays are written as float32, with a warning: raw intensities need no more precision (every pixel
+    must fit float32's range)."""
     images = np.asarray(images)
     if images.ndim != 4:
         raise _fail(Path(path) / IMAGES_FILE, "shape", f"expected (N, H, W, C), found {images.shape}")
+    images = _storable(images, Path(path) / IMAGES_FILE)
     with create_store(path, images.shape[0], images.shape[1:], channels, images.dtype, overwrite=overwrite) as writer:
         writer.images[:] = images
         return writer.finalize(table)
+
+
+def _storable(images: np.ndarray, where: Path) -> np.ndarray:
+    """images as they are, or float64 ones as float32 with a warning (other dtypes are refused by the writer)."""
+    if images.dtype != np.float64:
+        return images
+    finite = images[np.isfinite(images)]
+    if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+        raise _fail(where, "dtype", f"float64 values up to {np.abs(finite).max():.3g} do not fit float32")
+    warnings.warn(f"{where}: dtype: converting float64 to float32 (the store holds {', '.join(DTYPES)})",
+                  stacklevel=3)
+    return images.astype(np.float32)
 
 
 def check_pixels(store: CropStore | StoreWriter, *, chunk: int = 4096, progress: bool = False) -> np.ndarray:

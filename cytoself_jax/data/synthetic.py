@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from cytoself_jax.data.store import CropStore, create_store
-from cytoself_jax.prepare.distance import signed_distance
+from cytoself_jax.imaging.distance import signed_distance
 
 REFERENCE_RADIUS = 20.0  # px: the cell radius for which family feature sizes below are given
 CROP_CELL_RADIUS = 0.34  # mean cell radius in a crop, as a fraction of the crop side

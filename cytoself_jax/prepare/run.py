@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cytoself_jax.data.families import FamiliesError, read_families
 from cytoself_jax.data.store import CropStore, create_store
 from cytoself_jax.prepare.crop import crop_nuclei
-from cytoself_jax.prepare.distance import signed_distance
+from cytoself_jax.imaging.distance import signed_distance
 from cytoself_jax.prepare.io import FieldSpec, InputError, read_field
 from cytoself_jax.prepare.segment import SegmentParams, segment_nuclei
 
@@ -221,18 +222,11 @@ def assemble_store(store_path: Path, specs: Sequence[FieldSpec], summaries: dict
 
 
 def load_families(path: str | os.PathLike) -> dict[str, str]:
-    """protein -> family from a CSV with columns ``protein`` and ``family``."""
+    """protein -> family from a CSV with columns ``protein`` and ``family`` (or ``localization``, with a note)."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as err:
-        raise PrepareError(f"{path}: families: unreadable CSV ({err})") from None
-    missing = [c for c in ("protein", "family") if c not in frame.columns]
-    if missing:
-        raise PrepareError(f"{path}: families: expected columns protein, family; missing {missing}")
-    duplicated = frame["protein"][frame["protein"].duplicated()]
-    if len(duplicated):
-        raise PrepareError(f"{path}: families: protein {duplicated.iloc[0]!r} listed twice; expected one row each")
-    return dict(zip(frame["protein"].str.strip(), frame["family"].str.strip()))
+        return read_families(path)
+    except FamiliesError as err:
+        raise PrepareError(str(err)) from None
 
 
 def warn(message: str) -> None:

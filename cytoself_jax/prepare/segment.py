@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import filters, morphology
 
+from cytoself_jax.imaging.nucleus import crude_mask, fill_small_holes
 from cytoself_jax.prepare.io import FieldError, InputError
 
 REJECT_SMALL, REJECT_DIM = "too_small", "dim"
@@ -69,21 +70,6 @@ class Segmentation:
     """
     labels: np.ndarray
     rejected: tuple[tuple[float, float, int, str], ...]
-
-
-def crude_mask(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass then Li's threshold: (H, W) bool, True on nuclei."""
-    smooth = filters.gaussian(image, sigma=sigma)
-    return smooth > filters.threshold_li(smooth)
-
-
-def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
-    """Fill holes (background regions not connected to the image border, 4-connected) of at most ``max_area`` px."""
-    holes = ndimage.binary_fill_holes(mask) & ~mask
-    hole_labels, _ = ndimage.label(holes)
-    small = np.bincount(hole_labels.ravel()) <= max_area
-    small[0] = False
-    return mask | small[hole_labels]
 
 
 def refine_mask(image: np.ndarray, crude: np.ndarray, params: SegmentParams) -> np.ndarray:

@@ -19,11 +19,11 @@ import numpy as np
 
 from cytoself_jax.analysis.plots import plot_training_curves
 from cytoself_jax.data.pipeline import make_dataset, pixel_variance, steps_per_epoch
-from cytoself_jax.data.splits import split_by_field
+from cytoself_jax.data.splits import check_split_sizes, split_by_field
 from cytoself_jax.data.store import TABLE_FILE, CropStore, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
-from cytoself_jax.training.checkpoint import (Checkpointer, LoopState, RunLock, latest_loop_state,
-                                              load_run_config, save_run_config)
+from cytoself_jax.run import load_run_config
+from cytoself_jax.training.checkpoint import Checkpointer, LoopState, RunLock, latest_loop_state, save_run_config
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.models.quantizer import perplexity_from_counts
 from cytoself_jax.training.losses import monitored_value
@@ -197,6 +197,8 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         store.table, tuple(config.data.split_fractions), seed=config.data.split_seed,
         allow_single_field=config.data.allow_single_field, where=str(store.path / TABLE_FILE),
     )
+    for message in check_split_sizes(store.table, splits, str(store.path / TABLE_FILE)):
+        log.warning(message)
     h, w, _ = store.image_shape
     image_shape = (h, w, len(channels))
     model = build_model(config, image_shape, len(store.proteins))

@@ -1,0 +1,97 @@
+"""Embeddings of any crops with a trained run, from Python (notebooks) and for the embed command.
+
+    from cytoself_jax.inference import embed_images, load_run
+    run = load_run("runs/demo")                        # once
+    emb = embed_images(run, crops)                     # crops: numpy (N, H, W, C) raw intensities
+    emb.global_vectors, emb.local_vectors, emb.local_histograms, emb.global_histograms   # numpy
+
+Crops are raw intensities, channels in the run's order (``run.channels``) unless ``channels`` names them; each is
+normalized as in training. Crops of another size than the run's need ``fit='center-crop'`` or ``fit='resize'``:
+a size mismatch is never fixed silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from cytoself_jax.analysis.embed import extract, extract_arrays
+from cytoself_jax.data.store import META_FILE, CropStore
+from cytoself_jax.imaging.fit import fit_for
+from cytoself_jax.run import Run, load_run
+
+__all__ = ["Embeddings", "Run", "embed_images", "embed_store", "load_run"]
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """Per-crop embeddings of N crops, numpy arrays in input order.
+
+    global_vectors (N, h2, w2, D2) float32: the global quantized representation (the atlas' embedding; flatten it
+    for a vector per crop); local_vectors (N, h1, w1, D1) float32: the local one; local_indices (N, h1, w1, S1) and
+    global_indices (N, h2, w2, S2) int32: code indices; local_histograms (N, K1) and global_histograms (N, K2)
+    int32: per-crop code counts (the local one is the feature spectrum's input).
+    """
+
+    global_vectors: np.ndarray
+    local_vectors: np.ndarray
+    global_indices: np.ndarray
+    local_indices: np.ndarray
+    local_histograms: np.ndarray
+    global_histograms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.global_vectors)
+
+
+def _histograms(indices: np.ndarray, num_codes: int) -> np.ndarray:
+    flat = indices.reshape(len(indices), -1).astype(np.int64)
+    offsets = flat + num_codes * np.arange(len(flat))[:, None]  # one bincount for every row at once
+    return np.bincount(offsets.ravel(), minlength=num_codes * len(flat)).reshape(len(flat), num_codes).astype(np.int32)
+
+
+def _embeddings(run: Run, out) -> Embeddings:
+    return Embeddings(global_vectors=out.global_vectors, local_vectors=out.local_vectors,
+                      global_indices=out.global_indices, local_indices=out.local_indices,
+                      local_histograms=out.local_histograms,
+                      global_histograms=_histograms(out.global_indices, run.model.spec.vq_global.num_codes))
+
+
+def embed_images(run: Run, images: np.ndarray, *, channels: Sequence[str] | None = None, fit: str = "",
+                 batch_size: int = 256, progress: bool = True) -> Embeddings:
+    """Embed in-memory raw crops (N, H, W, C) with a loaded run (see module doc). ``channels`` names the array's
+    channels (default: the run's, in its order); the run's channels are taken from it by name."""
+    images = np.asarray(images)
+    names = tuple(channels) if channels is not None else run.channels
+    if images.ndim != 4 or images.shape[-1] != len(names) or len(images) == 0:
+        raise ValueError(f"embed_images: images: expected (N>0, H, W, {len(names)}) for channels {list(names)}, "
+                         f"got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.number):
+        raise ValueError(f"embed_images: images: expected numbers, got dtype {images.dtype}")
+    if not np.isfinite(images).all():
+        raise ValueError("embed_images: images: expected finite values, found NaN or infinity")
+    missing = [c for c in run.channels if c not in names]
+    if missing:
+        raise ValueError(f"embed_images: channels: the run {run.run_dir} reads {list(run.channels)}, the array has "
+                         f"{list(names)} (missing {missing})")
+    images = images[..., [names.index(c) for c in run.channels]]
+    fitted = fit_for(images.shape[1:3], run.image_shape[:2], fit, "embed_images: images", f"the run {run.run_dir}")
+    out = extract_arrays(run.model, run.variables, images, channels=run.channels, batch_size=batch_size,
+                         local_vectors=True, fit=fitted, progress=progress)
+    return _embeddings(run, out)
+
+
+def embed_store(run: Run, store: CropStore, rows: np.ndarray | None = None, *, fit: str = "",
+                batch_size: int = 256, progress: bool = True) -> Embeddings:
+    """Embed crops of an opened store (all rows, or `rows`) with a loaded run; the store needs the run's channels."""
+    missing = [c for c in run.channels if c not in store.channels]
+    if missing:
+        raise ValueError(f"{store.path / META_FILE}: channels: the run {run.run_dir} reads {list(run.channels)}, the "
+                         f"store has {list(store.channels)}")
+    fitted = fit_for(store.image_shape[:2], run.image_shape[:2], fit, str(store.path / META_FILE),
+                     f"the run {run.run_dir}")
+    rows = np.arange(len(store)) if rows is None else np.asarray(rows)
+    out = extract(run.model, run.variables, store, rows, channels=run.channels, batch_size=batch_size,
+                  local_vectors=True, fit=fitted, progress=progress)
+    return _embeddings(run, out)
