@@ -57,7 +57,9 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.analysis.report import result_text, run_eval
+    from cytoself_jax.compile_cache import enable_compilation_cache
 
+    enable_compilation_cache()  # programs compiled by training or an earlier eval are loaded, not compiled again
     if _CENTER_CROP.value and _RESIZE.value:
         raise app.UsageError("--center_crop and --resize: pass at most one")
 

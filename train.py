@@ -22,7 +22,7 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in config.workdir
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host: call jax.distributed.initialize() first (coordinator, process count and id from the cluster "
-    "environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+    "environment: SLURM's srun, Open MPI, Kubernetes; see bench/README.md, 'Multi-host data parallelism').")
 
 
 def _drop_closed_loop_reports(unraisable) -> None:
@@ -77,10 +77,12 @@ def main(argv: list[str]) -> None:
     # the run reports the failure itself, in one line
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     sys.unraisablehook = _drop_closed_loop_reports
+    from cytoself_jax.compile_cache import enable_compilation_cache
     from cytoself_jax.training.checkpoint import describe_latest
     from cytoself_jax.training.loop import NonFiniteLossError, RunStoppedError, train
     from cytoself_jax.training.signals import Terminated, raise_terminated
 
+    enable_compilation_cache()  # a second run, and eval after it, load the compiled programs instead of compiling
     if _DISTRIBUTED.value:
         import jax
 
@@ -95,6 +97,9 @@ def main(argv: list[str]) -> None:
         print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: {describe_latest(_CONFIG.value.workdir)}",
               file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    if result.already_finished:
+        print(f"{result.run_dir}: this run is already finished; nothing to train (evaluate it with "
+              f"eval.py --ckpt {result.run_dir})")
     print(f"{result.loop.stop_reason}. best epoch {result.loop.best_epoch} "
           f"(val loss {result.loop.best_val_loss:.4f}); run directory: {result.run_dir}")
 

@@ -170,17 +170,22 @@ def default_peak_tbs(device: jax.Device) -> float | None:
     return _device_peak(device, PEAK_TBS)
 
 
-def time_calls(fn: Callable[[], Any], steps: int, warmup: int, desc: str) -> list[float]:
-    """Wall seconds of `steps` calls of fn after `warmup` untimed ones; fn must block until its work is done."""
+def time_calls(fn: Callable[[], Any], steps: int, warmup: int, desc: str,
+               cpu_times: list[float] | None = None) -> list[float]:
+    """Wall seconds of `steps` calls of fn after `warmup` untimed ones; fn must block until its work is done.
+    cpu_times, when given, receives the process's CPU seconds (all threads) of each call: on a shared machine
+    they vary less than wall times."""
     from tqdm.auto import tqdm
 
     for _ in range(warmup):
         fn()
     times = []
     for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu)
     return times
 
 

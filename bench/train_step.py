@@ -80,9 +80,11 @@ def run(config: ml_collections.ConfigDict, *, batch: int, steps: int = 20, warmu
     devices = list(devices or jax.devices())
     shape, num_classes = benchlib.input_shape(config, size, num_classes)
     runner = make_runner(config, shape, num_classes, batch, devices)
-    times = benchlib.time_calls(runner, steps, warmup, desc=f"train step {label}".strip())
+    cpu_times: list[float] = []
+    times = benchlib.time_calls(runner, steps, warmup, desc=f"train step {label}".strip(), cpu_times=cpu_times)
     record = benchlib.timing_record("train_step", label, config, shape, num_classes, batch, warmup, times,
                                     runner.compile_s, runner.compiled, devices, peak_tflops)
+    record["step_cpu_s"] = cpu_times
     record["num_params"] = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(runner.state.params))
     return record
 

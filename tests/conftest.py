@@ -6,16 +6,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
-import tempfile
 from pathlib import Path
 
-import jax
 import pytest
 
-# Many tests build the same small models: a compilation cache shared by the session's tests makes each
-# distinct program compile once instead of once per test.
-jax.config.update("jax_compilation_cache_dir", os.environ.get("CYTOSELF_TEST_JAX_CACHE", tempfile.mkdtemp(prefix="jaxcache-")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+from cytoself_jax.compile_cache import enable_compilation_cache
+
+# Many tests build the same small models: with JAX's persistent cache (the user's, or $CYTOSELF_JAX_CACHE) each
+# distinct program compiles once, not once per test nor once per pytest run; train.py and eval.py started by
+# tests inherit the environment and use the same folder.
+enable_compilation_cache()
 
 SHARED_YEAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "yeast-lu2019"
 

@@ -19,7 +19,9 @@ import breakdown  # noqa: E402
 import embed  # noqa: E402
 import input_pipeline  # noqa: E402
 import scaling  # noqa: E402
+import suite_table  # noqa: E402
 import train_step  # noqa: E402
+import vs_pytorch  # noqa: E402
 from cytoself_jax.training.state import build_model  # noqa: E402
 
 TINY = ["--size", "32", "--num-classes", "4"]
@@ -194,3 +196,37 @@ def test_a_bad_override_is_one_line(tiny_config_file):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tiny_config_file}: --set model.nope=1: the config has no "
                                                 "field 'model.nope'"]
+
+
+def test_vs_pytorch_builds_the_reference_architecture_from_our_spec():
+    config = benchlib.load_config(BENCH.parent / "configs" / "demo.py")
+    shape, classes = benchlib.input_shape(config, None, None)
+    overrides = vs_pytorch.same_model_overrides(config, shape, classes)
+    # the reference halves its input width per block: decoder1 from 16 + 64 channels, decoder2 from 64
+    assert overrides == ["model.decoder='pytorch_reference'", "model.decoder_local_features=(40, 20)",
+                         "model.decoder_global_features=(32, 16)"]
+    ours = benchlib.load_config(BENCH.parent / "configs" / "demo.py", overrides)
+    spec = vs_pytorch.torch_spec(ours, shape, classes)
+    assert spec["input_shape"] == [2, 48, 48] and spec["emb_shapes"] == [[12, 12], [2, 2]]
+    assert spec["vq_args"][1] == {"embedding_dim": 16, "num_embeddings": 512, "channel_split": 4}
+    stages = spec["encoder_blocks"][1]
+    assert [b["input_channels"] for b in stages] == [24, 32, 48, 64]  # the stem's width, then each stage's output
+    model = build_model(ours, shape, classes)  # the overrides make a valid reference-decoder model
+    assert model.spec.decoder == "pytorch_reference"
+
+
+def test_gpu_suite_table_lists_every_row_and_failures(tmp_path):
+    record = {"benchmark": "train_step", "label": "configs/full.py", "images_per_s": 1234.5, "flops_per_image": 5e9,
+              "fraction_of_peak": 0.5, "fraction_of_roofline": 0.6, "peak_memory_bytes": 3 * 2**30, "compile_s": 40.0,
+              "device": {"kind": "NVIDIA H200", "count": 1},
+              "config": {"dtype": "bfloat16", "batch": 256, "model": {"decoder": "paper", "remat_decoders": False}}}
+    (tmp_path / "train.json").write_text(json.dumps(record))
+    (tmp_path / "embed.log").write_text("compiling\nRESOURCE_EXHAUSTED: out of memory\n")
+    result, text = suite_table.combine(tmp_path, ["train", "embed", "pipeline"])
+    assert list(result["rows"]) == ["train", "embed", "pipeline"]
+    assert result["rows"]["train"]["images_per_s"] == 1234.5
+    assert result["rows"]["embed"] == {"error": "failed", "detail": "RESOURCE_EXHAUSTED: out of memory"}
+    lines = text.strip().splitlines()
+    assert "decoder=paper" in lines[3] and "1,234" in lines[3] and "| 3 |" in lines[3]  # GiB
+    assert "FAILED: RESOURCE_EXHAUSTED" in lines[4] and "FAILED: not run" in lines[5]
+

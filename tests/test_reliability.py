@@ -102,7 +102,7 @@ def _train_cmd(run_dir: Path, store: Path, *extra: str) -> list[str]:
 def _env() -> dict:
     # Same devices (XLA_FLAGS from conftest) and the same compilation cache: the subprocess loads the programs
     # this process compiled instead of compiling them again.
-    return {**os.environ, "CYTOSELF_TEST_JAX_CACHE": jax.config.jax_compilation_cache_dir}
+    return {**os.environ, "CYTOSELF_JAX_CACHE": jax.config.jax_compilation_cache_dir or "off"}
 
 
 def _act_when(cmd: list[str], condition, action, log: Path, timeout: float = 120.0) -> int:

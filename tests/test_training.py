@@ -239,8 +239,10 @@ def test_resume_refuses_a_different_model(tmp_path, tiny_store_path):
     config = tiny_config(tmp_path / "run", tiny_store_path)
     config.train.max_epochs = 1
     train(config, progress=False)
+    config.train.max_epochs = 2  # the run is not finished for this budget: a new run must not start over it
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, progress=False)
+    config.train.max_epochs = 1
     # a memory switch may be flipped on resume, and a run saved before the switch existed resumes too
     config.model.remat_decoders = True
     assert int(train(config, resume=True, progress=False).state.step) > 0
@@ -251,6 +253,19 @@ def test_resume_refuses_a_different_model(tmp_path, tiny_store_path):
     config.model.head_hidden = 32
     with pytest.raises(ValueError, match="model"):
         train(config, resume=True, progress=False)
+
+
+def test_a_finished_run_run_again_trains_nothing(tmp_path, tiny_store_path):
+    config = tiny_config(tmp_path / "run", tiny_store_path)
+    config.train.max_epochs = 1
+    first = train(config, progress=False)
+    records = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(config, progress=False)  # the README's command run a second time
+    assert again.already_finished and not first.already_finished
+    assert int(again.state.step) == int(first.state.step) > 0
+    assert again.loop.best_epoch == first.loop.best_epoch
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == records
+    chex.assert_trees_all_close(jax.device_get(again.state.params), jax.device_get(first.state.params))
 
 
 def test_non_finite_loss_stops_with_the_step_and_terms_named(tmp_path, tiny_store_path):

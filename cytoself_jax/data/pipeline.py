@@ -144,6 +144,16 @@ class Batches:
                 close()
 
 
+def _shard_of_global_batches(ds: grain.MapDataset, shard: int, batch: int, global_batch: int) -> grain.MapDataset:
+    """Global batch s is positions [s*G, (s+1)*G) of ds; shard h takes its rows [h*b, (h+1)*b). The hosts' pieces
+    then form each global array in the same order as one host reads it (dropout and drop-path masks follow the
+    position in the batch, so the order matters, not only the set)."""
+    n = len(ds)
+    count = (n // global_batch) * batch + min(batch, max(0, n % global_batch - shard * batch))
+    return grain.MapDataset.range(count).map(
+        lambda k: ds[(k // batch) * global_batch + shard * batch + k % batch])
+
+
 def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[str], batch_size: int, train: bool,
                  seed: int = 0, epoch: int = 0, num_workers: int = 0, prefetch: int = 2,
                  drop_remainder: bool | None = None, shard_index: int = 0, shard_count: int = 1,
@@ -188,8 +198,7 @@ def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[st
     if drop:
         ds = ds[: steps_per_epoch(len(rows), global_batch) * global_batch]  # equal share for every host
     if shard_count > 1:
-        # Strided: global batch s is positions [s*G, (s+1)*G); shard h takes every shard_count-th of them.
-        ds = ds[shard_index::shard_count]
+        ds = _shard_of_global_batches(ds, shard_index, batch_size, global_batch)
     num_examples = len(ds)
     ds = ds.batch(batch_size, drop_remainder=drop)
     num_batches = len(ds)

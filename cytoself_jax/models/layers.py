@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cytoself_jax.models.depthwise import DepthwiseConv
+
 # PyTorch BatchNorm2d defaults (eps 1e-5, momentum 0.1); Flax's momentum is the weight of the old statistics.
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -43,17 +45,16 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(
-            self.features,
-            (self.kernel_size, self.kernel_size),
-            strides=self.strides,
-            padding=self.padding,
-            feature_group_count=self.groups,
-            use_bias=self.bias,
-            kernel_init=self.kernel_init,
-            dtype=self.dtype,
-            name="conv",
-        )(x)
+        depthwise = self.groups == self.features == x.shape[-1] > 1 and self.padding == "SAME" and not self.bias
+        if depthwise and jax.default_backend() == "cpu":
+            # XLA's CPU grouped convolution is ~10x slower than this formulation (same parameter, same result);
+            # GPUs keep cuDNN's depthwise convolution.
+            conv = DepthwiseConv(self.kernel_size, self.strides, self.kernel_init, self.dtype, name="conv")
+        else:
+            conv = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
+                           padding=self.padding, feature_group_count=self.groups, use_bias=self.bias,
+                           kernel_init=self.kernel_init, dtype=self.dtype, name="conv")
+        x = conv(x)
         # Flax computes the batch statistics in float32 even for bfloat16 inputs; under jit with the batch
         # sharded over devices they are statistics of the global batch.
         x = nn.BatchNorm(

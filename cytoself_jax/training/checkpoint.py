@@ -114,10 +114,13 @@ class Checkpointer:
             for tmp in self.root.glob(f"*/*{_ORBAX_TMP_MARK}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
         # Synchronous saves: the loop waits for each save anyway (a failed one must stop the run at once), and
-        # orbax's background threads would report a failure again in pages of tracebacks.
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=False, enable_async_checkpointing=False)
+        # orbax's background threads would report a failure again in pages of tracebacks. Own barrier names per
+        # manager: in a multi-host run 'latest' and 'best' save the same step at once, and orbax's barriers (keyed
+        # by step) would otherwise collide between them.
         self._managers = {
-            name: ocp.CheckpointManager(self.root / name, options=opts, item_names=("state", "loop"))
+            name: ocp.CheckpointManager(self.root / name, item_names=("state", "loop"), options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=False, enable_async_checkpointing=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)))
             for name in ("latest", "best")
         }
 
@@ -190,14 +193,22 @@ class Checkpointer:
         return state, loop, (f"{broken}; resuming from the best checkpoint (epoch {loop.epoch}, step "
                              f"{int(state.step)}) instead; the unreadable one was moved to {aside}")
 
-    def saved_epoch(self, which: str) -> int | None:
-        """Completed epochs of the 'latest' or 'best' checkpoint (its loop state only), None when unreadable."""
+    def saved_loop(self, which: str) -> LoopState | None:
+        """The loop state of the 'latest' or 'best' checkpoint (no arrays read), None when there is none or it is
+        unreadable (a corrupted one is the restore's business)."""
         mgr = self._managers[which]
+        if mgr.latest_step() is None:
+            return None
         try:
             out = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
-            return LoopState.from_json(out.loop).epoch
-        except Exception:  # noqa: BLE001 - callers only describe the checkpoint; the step alone is still true
+            return LoopState.from_json(out.loop)
+        except Exception:  # noqa: BLE001 - callers only describe the checkpoint or look for a finished run
             return None
+
+    def saved_epoch(self, which: str) -> int | None:
+        """Completed epochs of the 'latest' or 'best' checkpoint (its loop state only), None when unreadable."""
+        loop = self.saved_loop(which)
+        return None if loop is None else loop.epoch
 
     def wait(self) -> None:
         for mgr in self._managers.values():
@@ -220,6 +231,16 @@ def describe_latest(run_dir: Path) -> str:
         epoch = checkpointer.saved_epoch("latest")
         return (f"the latest complete checkpoint is {'' if epoch is None else f'epoch {epoch} '}(step {step}): "
                 "continue with --resume")
+    finally:
+        checkpointer.close()
+
+
+def latest_loop_state(run_dir: Path) -> LoopState | None:
+    """The loop state saved with the complete 'latest' checkpoint (None when there is none or it is unreadable);
+    reads no arrays."""
+    checkpointer = Checkpointer(run_dir)
+    try:
+        return checkpointer.saved_loop("latest")
     finally:
         checkpointer.close()
 

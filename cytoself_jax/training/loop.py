@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -21,7 +22,7 @@ from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError
 from cytoself_jax.training import mesh as mesh_lib
 from cytoself_jax.run import load_run_config
 from cytoself_jax.training.checkpoint import (Checkpointer, CheckpointSaveError, LoopState, RunLock, describe_latest,
-                                              latest_step)
+                                              latest_loop_state, latest_step)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.models.quantizer import perplexity_from_counts
 from cytoself_jax.training.losses import monitored_value
@@ -83,7 +84,7 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> dict[str, float]:
     n = 0
     n_dev = mesh.devices.size
     for batch in batches:
-        b = len(batch["label"])
+        b = len(batch["label"]) * jax.process_count()  # the global batch: every process holds an equal share
         placed = mesh_lib.shard_batch(batch, mesh) if b % n_dev == 0 else mesh_lib.replicate(batch, mesh)
         for k, v in jax.device_get(eval_step(state, placed)).items():  # summed on the host, in float64
             w = 1.0 if k.startswith(("correct_", "codes_")) else b
@@ -121,6 +122,7 @@ class TrainResult:
     loop: LoopState
     val: dict[str, float]
     state: TrainState
+    already_finished: bool = False  # the run had finished before this call: nothing was trained
 
 
 def _check_train_config(config: ml_collections.ConfigDict) -> None:
@@ -134,6 +136,9 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
                          f"{t.max_steps_per_epoch!r}")
     if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
         raise ValueError(f"config.train.learning_rate: expected a positive number, found {t.learning_rate!r}")
+    if jax.process_count() > 1 and t.eval_batch_size % jax.device_count():
+        raise ValueError(f"config.train.eval_batch_size: expected a multiple of the {jax.device_count()} devices of "
+                         f"the {jax.process_count()} processes, found {t.eval_batch_size}")
     if t.batch_size % jax.process_count():
         raise ValueError(f"config.train.batch_size: expected a multiple of the {jax.process_count()} processes, "
                          f"found {t.batch_size}")
@@ -161,10 +166,14 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     _check_train_config(config)
     check_run_dir(run_dir)
     has_checkpoint = latest_step(run_dir) is not None
-    if has_checkpoint and not resume:
+    saved = None if resume else latest_loop_state(run_dir)
+    finished = saved is not None and bool(saved.stop_reason or saved.epoch >= config.train.max_epochs)
+    if has_checkpoint and not resume and not finished:
         raise FileExistsError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or set --config.workdir"
         )
+    # A finished run (the same command run again) is checked and opened like a resume; its loop has nothing to do.
+    resume = resume or finished
     if resume and (run_dir / "config.json").exists():
         check_resumable(load_run_config(run_dir)[0], config, run_dir)
 
@@ -203,8 +212,10 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         return make_dataset(store, splits["train"], batch_size=per_process, train=True, seed=config.seed,
                             epoch=epoch, drop_remainder=True, **data_kw)
 
-    val_batches = make_dataset(store, splits["val"], batch_size=config.train.eval_batch_size, train=False,
-                               seed=config.seed, epoch=0, drop_remainder=False, **data_kw)
+    # Several processes: equal shares of whole global batches (a partial last batch cannot be split across hosts)
+    val_batches = make_dataset(store, splits["val"], batch_size=config.train.eval_batch_size // jax.process_count(),
+                               train=False, seed=config.seed, epoch=0, drop_remainder=jax.process_count() > 1,
+                               **data_kw)
     epoch_batches(0)  # built once now so that a data setting it refuses fails before anything is written
 
     # One constant for the reconstruction loss of training and validation alike (the paper's data_variance)
@@ -219,11 +230,12 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         "data_variance_crops": variance_crops,
         "store_fingerprint": store_fingerprint,
     }
-    with RunLock(run_dir):
-        checkpointer = Checkpointer(run_dir, clean_tmp=True)
+    primary = jax.process_index() == 0  # in a multi-host run, the process that writes the run's files
+    with RunLock(run_dir) if primary else contextlib.nullcontext():
+        checkpointer = Checkpointer(run_dir, clean_tmp=primary)
         try:
-            return _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
-                               dataset_info, steps, epoch_batches, val_batches)
+            result = _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
+                                 dataset_info, steps, epoch_batches, val_batches)
         except (OSError, CheckpointSaveError) as err:  # a write into the run failed (a full disk): say so at once
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             raise RunStoppedError(f"{where}{getattr(err, 'strerror', None) or err}; the run stopped and "
@@ -231,6 +243,8 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
                                   ) from None
         finally:
             checkpointer.close()  # completes the saves in flight: the latest checkpoint is whole even on errors
+        result.already_finished = finished
+        return result
 
 
 def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh, dataset_info, steps,
@@ -249,8 +263,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
             checkpointer.save("best", state, loop)  # no-op unless the run died between its last two saves
     elif resume:
         log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
-    record_run(run_dir, config, dataset_info, loop.epoch)
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    primary = jax.process_index() == 0
+    if primary:
+        record_run(run_dir, config, dataset_info, loop.epoch)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
     metrics_log.truncate_after_epoch(loop.epoch)
 
     train_step = make_train_step(model, config.loss, mesh, dataset_info["data_variance"])
@@ -261,7 +277,8 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     while not loop.stop_reason and loop.epoch < config.train.max_epochs:
         epoch = loop.epoch
         state = with_learning_rate(state, loop.learning_rate)
-        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size, disable=not progress)
+        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size,
+                            disable=not (progress and primary))
         pending = None  # metrics of the previous step, read while the current one runs
         for _, batch in zip(range(steps), epoch_batches(epoch)):
             state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), step_key)
@@ -291,12 +308,12 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
             checkpointer.save("best", state, loop)
         for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
             log.warning("epoch %d: %s", epoch + 1, message)
-        if time.monotonic() - last_plot > _PLOT_EVERY_S:
+        if primary and time.monotonic() - last_plot > _PLOT_EVERY_S:
             plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
             last_plot = time.monotonic()
-        if progress:
+        if progress and primary:
             print(_epoch_summary(record, num_codes), flush=True)
-    if val:  # the final curves, whenever they were last drawn
+    if val and primary:  # the final curves, whenever they were last drawn
         plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
     if not loop.stop_reason:
         loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"

@@ -15,14 +15,15 @@ from cytoself_jax.jsonio import read_json_lines
 
 class MetricsLog:
     """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'. A partial
-    last line (a run stopped mid-append) is ignored when reading and removed by truncate_after_epoch."""
+    last line (a run stopped mid-append) is ignored when reading and removed by truncate_after_epoch.
+    path None: records are dropped (the processes other than the first of a multi-host run)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | None):
+        self.path = None if path is None else Path(path)
 
     def truncate_after_epoch(self, epoch: int) -> None:
         """Drop records from epochs after `epoch` completed ones (work redone after a resume is logged again)."""
-        if not self.path.exists():
+        if self.path is None or not self.path.exists():
             return
         keep = [r for r in read_json_lines(self.path) if r["epoch"] < epoch]
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -30,6 +31,8 @@ class MetricsLog:
         tmp.replace(self.path)  # never half a log, even when the disk fills up here
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         try:
             with self.path.open("a") as f:
@@ -38,7 +41,9 @@ class MetricsLog:
             raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def read(self) -> list[dict[str, Any]]:
-        return read_json_lines(self.path) if self.path.exists() else []
+        if self.path is None or not self.path.exists():
+            return []
+        return read_json_lines(self.path)
 
 
 class EpochProgress:
