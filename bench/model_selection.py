@@ -36,7 +36,8 @@ def epoch_records(run_dir: Path) -> list[dict]:
 
 
 def replay(records: Sequence[dict], config: ml_collections.ConfigDict, monitor: str, start: int) -> dict[str, Any]:
-    """The best epoch (1-based) and the epoch the run would have stopped at under (monitor, select_from_epoch)."""
+    """The best epoch (1-based), the epoch the run would have stopped at, and the factor its learning rate would
+    have been cut by (plateau drops) under (monitor, select_from_epoch)."""
     train_cfg = ml_collections.ConfigDict(config.train.to_dict())
     train_cfg.select_from_epoch = start
     loop = LoopState(learning_rate=1.0)
@@ -45,7 +46,7 @@ def replay(records: Sequence[dict], config: ml_collections.ConfigDict, monitor: 
         loop, _ = after_validation(loop, monitored_value(val, config.loss, monitor), train_cfg)
         if loop.stop_reason:
             break
-    return {"best_epoch": loop.best_epoch, "stopped_after": loop.epoch}
+    return {"best_epoch": loop.best_epoch, "stopped_after": loop.epoch, "lr_factor": loop.learning_rate}
 
 
 def analyse(run_dirs: Sequence[Path], starts: Sequence[int]) -> dict[str, Any]:
@@ -86,7 +87,8 @@ def analyse(run_dirs: Sequence[Path], starts: Sequence[int]) -> dict[str, Any]:
                           "accuracy_global_of_max": mean("val_accuracy_global_of_max"),
                           "accuracy_local_of_max": mean("val_accuracy_local_of_max"),
                           "perplexity_global_of_max": mean("val_perplexity_global_of_max"),
-                          "collapsed_choices": sum(p["collapsed"] for p in picks), "picks": picks})
+                          "collapsed_choices": sum(p["collapsed"] for p in picks),
+                          "runs_with_lr_cut": sum(p["lr_factor"] < 1 for p in picks), "picks": picks})
     return {"benchmark": "model_selection", "runs": [str(r[0]) for r in runs], "rules": rules}
 
 
@@ -98,10 +100,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     result = analyse([r for r in args.runs if (r / "metrics.jsonl").exists()], args.starts)
     columns = ["monitor", "select from epoch", "runs", "mean best epoch", "global acc / run max",
-               "local acc / run max", "global perplexity / run max", "collapsed choices"]
+               "local acc / run max", "global perplexity / run max", "collapsed choices", "runs with lr cut"]
     benchlib.print_table("model selection rules replayed", columns, [
         [r["monitor"], r["select_from_epoch"], r["runs"], r["mean_best_epoch"], r["accuracy_global_of_max"],
-         r["accuracy_local_of_max"], r["perplexity_global_of_max"], r["collapsed_choices"]] for r in result["rules"]])
+         r["accuracy_local_of_max"], r["perplexity_global_of_max"], r["collapsed_choices"], r["runs_with_lr_cut"]]
+        for r in result["rules"]])
     benchlib.write_json(result, args.out)
     return result
 
