@@ -114,7 +114,7 @@ def test_training_curves_errors(tmp_path):
         plots.training_curves_table(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(metrics_records()[0]) + "\n{oops\n")
-    with pytest.raises(AnalysisInputError, match=r"read_metrics: .*bad.jsonl: line 2: expected one JSON object"):
+    with pytest.raises(AnalysisInputError, match=r"read_metrics: .*bad.jsonl: line 2: not valid JSON"):
         plots.training_curves_table(bad)
     with pytest.raises(AnalysisInputError, match=r"training_curves_table: metrics: expected 'step' or 'epoch'"):
         plots.training_curves_table([{"kind": "note", "epoch": 0}])
