@@ -79,8 +79,10 @@ def test_scaling_same_loss_on_1_and_8_devices(tiny_config_file, tmp_path):
     assert len(one["losses"]) == 2 and one["losses"][0] != one["losses"][1]  # the first step changed the params
     assert saved["max_abs_loss_diff"] < 1e-4
     assert min(r["images_per_s_per_device"] for r in saved["results"]) > 0
-    # Per-image FLOPs do not depend on how the batch is split (the cost analysis is per device).
-    assert eight["flops_per_image"] == pytest.approx(one["flops_per_image"], rel=0.05)
+    # Per-image FLOPs barely depend on how the batch is split (the cost analysis is per device): the replicated work
+    # (the Adam update of every parameter) is done once per device, which at one crop per device and the paper's
+    # light decoders is ~6% of this tiny model's step.
+    assert eight["flops_per_image"] == pytest.approx(one["flops_per_image"], rel=0.1)
 
 
 def test_input_pipeline(tiny_store_path, tmp_path):
