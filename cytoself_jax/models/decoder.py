@@ -69,14 +69,10 @@ def paper_padding(size_in: int, size_out: int) -> tuple[int, int]:
     return (pad + 1) // 2, pad // 2
 
 
-class PaperDecoderBlock(nn.Module):
-    """The paper's block: bilinear x2 upsampling -> residual units at the input width -> zero padding -> 3x3 'valid'
-    conv (with bias) + BN + SiLU to `features` channels at exactly `size`. (B, h0, w0, C) -> (B, h, w, features)."""
-
-    size: tuple[int, int]
-    features: int
-    residual_units: int = 2
-    dtype: Any = jnp.float32
+class PaperDecoderBlock(DecoderBlock):
+    """The paper's block (the same fields as DecoderBlock): bilinear x2 upsampling -> residual units at the input
+    width -> zero padding -> 3x3 'valid' conv (with bias) + BN + SiLU to `features` channels at exactly `size`.
+    (B, h0, w0, C) -> (B, h, w, features)."""
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
