@@ -331,7 +331,8 @@ def test_training_draws_the_configs_complexes(tmp_path):
 
     data = paper_config().data
     data.path = str(tmp_path / "syn")
-    data.synthetic.update(proteins=23, crops_per_protein=1, fields_per_protein=1, size=32, complexes=1)
+    data.synthetic.update(proteins=23, crops_per_protein=1, fields_per_protein=1, size=32, complexes=1,
+                          path=str(tmp_path / "syn"))  # drawn only into its own folder (issue 12)
     store = ensure_dataset(data)
     assert len(store) == 23 and (tmp_path / "syn_complexes.csv").is_file()
     assert pd.read_csv(tmp_path / "syn_complexes.csv")["protein"].tolist() == ["SYN001", "SYN012", "SYN023"]
