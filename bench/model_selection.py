@@ -23,11 +23,8 @@ import benchlib
 from cytoself_jax.jsonio import read_json_lines
 from cytoself_jax.run import load_run_config
 from cytoself_jax.training.checkpoint import LoopState
-from cytoself_jax.training.losses import monitored_value
+from cytoself_jax.training.losses import MONITORS, monitored_value
 from cytoself_jax.training.schedule import after_validation
-
-MONITORS = ("loss", "loss_without_vq")
-
 
 def epoch_records(run_dir: Path) -> list[dict]:
     """The per-epoch records of a run's metrics.jsonl, one per epoch (the last write of an epoch wins)."""

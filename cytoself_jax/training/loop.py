@@ -25,7 +25,7 @@ from cytoself_jax.training.checkpoint import (Checkpointer, CheckpointSaveError,
                                               latest_loop_state, latest_step)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.models.quantizer import perplexity_from_counts
-from cytoself_jax.training.losses import monitored_value
+from cytoself_jax.training.losses import MONITORS, monitored_value
 from cytoself_jax.training.run_record import check_resumable, check_run_dir, check_same_store, record_run
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
@@ -146,8 +146,8 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     if not channels or channels[0] != "protein" or len(set(channels)) != len(channels):
         raise ValueError(f"config.data.channels: expected distinct store channel names with 'protein' first, "
                          f"found {list(channels)}")
-    if t.monitor not in ("loss", "loss_without_vq"):
-        raise ValueError(f"config.train.monitor: expected 'loss' or 'loss_without_vq', found {t.monitor!r}")
+    if t.monitor not in MONITORS:
+        raise ValueError(f"config.train.monitor: expected one of {MONITORS}, found {t.monitor!r}")
     if not isinstance(t.select_from_epoch, int) or t.select_from_epoch < 1:
         raise ValueError(f"config.train.select_from_epoch: expected an integer >= 1 (1 = every epoch may be the "
                          f"best), found {t.select_from_epoch!r}")

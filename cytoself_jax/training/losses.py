@@ -13,6 +13,8 @@ LOCAL_PREDICTION_TARGETS = ("z_local", "quantized_local")
 RECONSTRUCTION_VARIANCES = ("dataset", "batch")
 # The defaults of config.loss fields added after runs were first saved: what the code did before they existed.
 LOSS_FIELD_DEFAULTS = {"local_prediction_target": "quantized_local", "reconstruction_variance": "batch"}
+# The validation quantities model selection can follow (config.train.monitor).
+MONITORS = ("loss", "loss_without_vq")
 # Terms left out of the monitored quantity 'loss_without_vq'.
 VQ_TERMS = ("vq_local", "vq_global")
 
@@ -92,4 +94,4 @@ def monitored_value(metrics: dict[str, float], weights: ml_collections.ConfigDic
         return metrics["loss"]
     if monitor == "loss_without_vq":
         return metrics["loss"] - sum(weights["vq"] * metrics[t] for t in VQ_TERMS)
-    raise ValueError(f"config.train.monitor: expected 'loss' or 'loss_without_vq', found {monitor!r}")
+    raise ValueError(f"config.train.monitor: expected one of {MONITORS}, found {monitor!r}")
