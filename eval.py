@@ -49,6 +49,8 @@ _SEED = flags.DEFINE_integer("seed", _D.seed, "Seed of subsamples, UMAPs and exa
 _SVG = flags.DEFINE_bool("svg", _D.svg, "Also write SVG copies of the atlas and spectra.")
 _CENTER_CROP = flags.DEFINE_bool("center_crop", False, "Crops larger than the run's: keep the central window.")
 _RESIZE = flags.DEFINE_bool("resize", False, "Crops of another size than the run's: resize them (bilinear).")
+_FORCE = flags.DEFINE_bool("force", _D.force, "Recompute even when the output folder already holds this evaluation "
+                           "(same checkpoint, store and options), e.g. after changing the code.")
 
 
 def main(argv: list[str]) -> None:
@@ -71,7 +73,7 @@ def main(argv: list[str]) -> None:
         atlas_thumbnails=_THUMBS.value, probe_max_crops=_PROBE_MAX.value, complexes=_COMPLEXES.value,
         complex_permutations=_PERMS.value,
         interpret_codes=_CODES.value, neighbours=_NEIGHBOURS.value, seed=_SEED.value, svg=_SVG.value,
-        fit="center-crop" if _CENTER_CROP.value else ("resize" if _RESIZE.value else ""),
+        fit="center-crop" if _CENTER_CROP.value else ("resize" if _RESIZE.value else ""), force=_FORCE.value,
     )
     try:
         result = run_eval(_CKPT.value, options)

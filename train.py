@@ -78,6 +78,10 @@ def main(argv: list[str]) -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     sys.unraisablehook = _drop_closed_loop_reports
     from cytoself_jax.compile_cache import enable_compilation_cache
+    from cytoself_jax.cpu_devices import split_cpu_for
+
+    # Before any JAX call: on a CPU, one device per core runs the batch's shares side by side (no effect on GPUs)
+    split_cpu_for(_CONFIG.value.train.batch_size)
     from cytoself_jax.training.checkpoint import describe_latest
     from cytoself_jax.training.loop import NonFiniteLossError, RunStoppedError, train
     from cytoself_jax.training.signals import Terminated, raise_terminated
@@ -86,7 +90,12 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value:
         import jax
 
+        import orbax.checkpoint  # noqa: F401 - defines the flag below
+
         jax.distributed.initialize()  # before any other JAX call: the mesh then spans every host's devices
+        # orbax's save barriers as coordination-service waits, not device collectives: gloo's give up after 30 s,
+        # shorter than the first process may spend writing a checkpoint while the others wait
+        flags.FLAGS.experimental_orbax_use_distributed_barrier = True
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         result = train(_CONFIG.value, resume=_RESUME.value)

@@ -38,13 +38,12 @@ def _run(cmd: list[str], env: dict, timeout: float) -> float:
 
 def run(config: str, workdir: Path, *, overrides: Sequence[str] = (), timeout: float = 1800.0) -> dict[str, Any]:
     """Cold and warm wall times of train (1 step), eval, and the finished run's train + eval again."""
-    data = workdir / "store"
     cache = workdir / "jax-cache"
     env = {**os.environ, "CYTOSELF_JAX_CACHE": str(cache), "PYTHONPATH": str(REPO)}
-    base = [f"--config={config}", f"--config.data.path={data}", *overrides]
+    base = [f"--config={config}", *overrides]
     one_step = ["--config.train.max_epochs=1", "--config.train.max_steps_per_epoch=1"]
-    # Draw the store once (not timed): a training run with no step would still compile, so use prepare-only
-    # code, the same function train.py calls.
+    # Draw the config's store once if it is not there yet (not timed; a synthetic store is drawn only into the
+    # config's own folder): a training run with no step would still compile, so use the function train.py calls.
     _run([sys.executable, "-c", "import sys; from cytoself_jax.training.loop import ensure_dataset; "
           "import benchlib; ensure_dataset(benchlib.load_config(sys.argv[1]).data)", config], {
         **env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}"}, timeout)  # noqa: E501

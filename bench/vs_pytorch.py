@@ -129,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
              r["theirs_params"], r["ours_compile_s"], r["theirs_first_step_s"], r["load_average"]] for r in rounds]
     benchlib.print_table(f"ours vs the PyTorch reference: {args.config}, batch {args.batch}, float32, CPU "
                          f"(median ratio {result['median_ratio']:.2f}, range {min(ratios):.2f}-{max(ratios):.2f})",
-                         ["round", "ours img/s", "reference img/s", "ours / reference", "ours params",
+                         ["round", "ours img/s", "reference img/s", "ours / reference", "ours CPU ms/img",
+                          "reference CPU ms/img", "reference / ours CPU", "ours params",
                           "reference params", "ours compile s", "reference first step s", "load avg"], rows)
     benchlib.write_json(result, args.out)
     return result

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--umap-seeds", type=int, default=5, help="UMAPs for the clustering score (mean +- sd)")
     parser.add_argument("--seed", type=int, default=0, help="seed of subsamples, UMAPs and example crops")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="recompute even when the output folder already holds "
+                        "this embedding (same checkpoint, store and options)")
     args = parser.parse_args(argv)
 
     from absl import logging as absl_logging
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                           random_init=args.random_init,
                           fit="center-crop" if args.center_crop else ("resize" if args.resize else ""),
                           batch_size=args.batch_size, umap_seeds=args.umap_seeds, seed=args.seed,
-                          progress=not args.quiet)
+                          progress=not args.quiet, force=args.force)
     try:
         result = run_eval(args.ckpt, options)
     except (ValueError, FileNotFoundError) as err:  # EvalError, StoreError, RunError, ...: one line each

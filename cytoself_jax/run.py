@@ -71,11 +71,18 @@ class Run:
         return tuple(self.dataset_info["proteins"])
 
 
-def has_checkpoint(run_dir: str | Path, which: str) -> bool:
-    """True when run_dir/checkpoints/<which> holds a complete step. Read from the folder, not through orbax, which
-    would create empty checkpoint folders in the run."""
+def checkpoint_step(run_dir: str | Path, which: str) -> int | None:
+    """The step of the complete checkpoint in run_dir/checkpoints/<which> (orbax names it after the step; a save
+    in progress has another name), None when there is none. Read from the folder, not through orbax, which would
+    create empty checkpoint folders in the run."""
     folder = Path(run_dir) / "checkpoints" / which
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(steps, default=None)
+
+
+def has_checkpoint(run_dir: str | Path, which: str) -> bool:
+    """True when run_dir/checkpoints/<which> holds a complete step."""
+    return checkpoint_step(run_dir, which) is not None
 
 
 def load_run(run_dir: str | Path, which: str = "best", random_init: bool = False) -> Run:

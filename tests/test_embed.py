@@ -2,6 +2,7 @@
 fitting only when asked, the embed command on a store whose proteins each have one field and that the run never
 saw, eval's message for an empty split, and the output-folder rules (only a folder eval or embed wrote is ever
 replaced; stale temporary folders of killed runs are removed)."""
+import dataclasses
 import json
 import os
 import socket
@@ -19,7 +20,8 @@ from skimage.transform import resize
 
 from cytoself_jax import embed as embed_cli
 from cytoself_jax.analysis.outdir import MARKER
-from cytoself_jax.analysis.report import EvalError, EvalOptions, run_eval
+from cytoself_jax.analysis.report import (EvalError, EvalOptions, _already_evaluated, evaluation_identity, result_text,
+                                         run_eval)
 from cytoself_jax.data.pipeline import normalize_crop
 from cytoself_jax.data.store import open_store, write_store
 from cytoself_jax.imaging.fit import FitError
@@ -185,7 +187,8 @@ def test_eval_never_replaces_a_folder_it_did_not_write(run_dir, tmp_path):
     run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
     assert json.loads((out / MARKER).read_text())["written_by"] == "eval"
     (out / "metrics.json").write_text("{}")
-    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
+    assert not run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False,
+                                             force=True)).reused  # --force: evaluated again, the folder replaced
     assert json.loads((out / "metrics.json").read_text())["run"]["split"] == "val"
     (out / "my-figure.svg").write_text("<svg/>")  # a user's file added to eval's folder: not eval's to delete
     with pytest.raises(EvalError, match=r"eval-out: --out: holds files eval did not write \(my-figure.svg\)"):
@@ -194,6 +197,34 @@ def test_eval_never_replaces_a_folder_it_did_not_write(run_dir, tmp_path):
     store_path = json.loads((run_dir / "dataset.json").read_text())["store"]
     assert embed_cli.main(["--ckpt", str(run_dir), "--data", store_path, "--out", str(out), "--quiet"]) == 2
     assert json.loads((out / MARKER).read_text())["written_by"] == "eval"
+
+
+def test_the_same_eval_again_reuses_its_output_and_anything_that_changes_recomputes(run_dir, tmp_path):
+    out = tmp_path / "again"
+    options = EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False)
+    first = run_eval(run_dir, options)
+    assert not first.reused
+    written = _snapshot(out)
+    again = run_eval(run_dir, options)  # the README's first command run twice: nothing recomputed, nothing touched
+    assert again.reused and again.metrics == first.metrics and _snapshot(out) == written
+    assert "nothing was recomputed" in result_text(again)
+    # --force recomputes (test_eval_never_replaces_a_folder_it_did_not_write). What else makes the output stale (checked without running eval again): another option, a new checkpoint
+    # in the run's folder, another store content, a deleted picture.
+    store = open_store(json.loads((run_dir / "dataset.json").read_text())["store"])
+    identity = evaluation_identity(options, run_dir, store)
+    assert _already_evaluated(out, identity) == first.metrics
+    assert _already_evaluated(out, evaluation_identity(dataclasses.replace(options, knn_k=3), run_dir, store)) is None
+    step = next(p for p in (run_dir / "checkpoints" / "best").iterdir() if p.name.isdigit())
+    mtime = step.stat().st_mtime_ns
+    os.utime(step, ns=(mtime, mtime + 10**9))  # as if saved again
+    try:
+        assert _already_evaluated(out, evaluation_identity(options, run_dir, store)) is None
+    finally:
+        os.utime(step, ns=(mtime, mtime))
+    changed = dict(identity, store={**identity["store"], "pixels_sha256": "0" * 64})
+    assert _already_evaluated(out, changed) is None
+    (out / "atlas.png").unlink()
+    assert _already_evaluated(out, identity) is None
 
 
 def test_cli_out_is_the_run_directory_one_line_exit_2(run_dir):

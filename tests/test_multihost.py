@@ -63,10 +63,6 @@ def _step_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["kind"] == "step"}
 
 
-# Passed on the multi-host branch; after the merge with synchronous checkpoint saves (issue 12) both processes
-# abort during training (SIGABRT from jax.distributed's shutdown). Kept as an expected failure until it is fixed.
-@pytest.mark.xfail(reason="2-process run aborts since synchronous orbax saves were merged; under investigation",
-                   run=False)
 def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(tmp_path, tiny_store_path):
     assert jax.device_count() == 8 and jax.process_count() == 1
     # The reference: one process with 8 devices, 2 epochs straight.

@@ -9,6 +9,7 @@ splits (the embed command). See eval.py for the command line.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -25,9 +26,9 @@ from cytoself_jax.analysis.embed import SplitOutputs, extract
 from cytoself_jax.analysis import atlas_html, complexes, probe, proteins as protein_level  # the evaluators
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import SplitError, empty_split_message, split_by_field
-from cytoself_jax.data.store import META_FILE, CropStore, open_store
+from cytoself_jax.data.store import META_FILE, CropStore, fingerprint, open_store
 from cytoself_jax.imaging.fit import FITS, Fit, FitError, fit_for
-from cytoself_jax.run import has_checkpoint, load_run, load_run_config
+from cytoself_jax.run import checkpoint_step, has_checkpoint, load_run, load_run_config
 
 SPLITS = ("train", "val", "test", "all")
 NON_CLASSES = scores.NON_CLASSES
@@ -69,12 +70,14 @@ class EvalOptions:
     fit: str = ""  # crops of another size than the run's: 'center-crop' or 'resize' ('' = refuse them)
     by_field: bool = True  # False: every crop of the store, no split by field (embedding new data; split='all')
     progress: bool = True
+    force: bool = False  # recompute even when the output folder already holds this very evaluation
 
 
 @dataclasses.dataclass
 class EvalResult:
     out_dir: Path
     metrics: dict
+    reused: bool = False  # the output folder already held this evaluation (same checkpoint, store and options)
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -417,7 +420,41 @@ def result_text(result: EvalResult) -> str:
              f"proteins ({'random init' if r['random_init'] else 'step ' + str(r['step'])})", summary_table(m)]
     lines += [f"  note: {note}" for note in m["notes"]]
     lines.append(f"outputs: {out} (atlas: {out / 'atlas.png'}; table: {out / 'metrics.md'})")
+    if result.reused:
+        lines.append("  (already evaluated: same checkpoint, store and options, so nothing was recomputed; "
+                     "--force recomputes)")
     return "\n".join(lines)
+
+
+def evaluation_identity(o: EvalOptions, run_dir: Path, store: CropStore) -> dict:
+    """What an evaluation's outputs depend on: the options (not where they go or how progress shows), the
+    checkpoint (step and the time its folder was written: a new run in the same folder differs), the store's
+    fingerprint and the complexes table's bytes. Recorded in the output's marker."""
+    options = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("out", "progress", "force")}
+    options["proteins"] = list(o.proteins)
+    checkpoint: Any = "random-init"
+    if not o.random_init:
+        step = checkpoint_step(run_dir, o.which)
+        checkpoint = {"which": o.which, "step": step,
+                      "written_ns": (run_dir / "checkpoints" / o.which / str(step)).stat().st_mtime_ns}
+    complexes_sha = hashlib.sha256(Path(o.complexes).read_bytes()).hexdigest() if o.complexes else ""
+    return {"run_dir": str(run_dir.absolute()), "checkpoint": checkpoint, "options": options,
+            "store": fingerprint(store), "complexes_sha256": complexes_sha}
+
+
+def _already_evaluated(out: Path, identity: dict) -> dict | None:
+    """The metrics of `out` when its marker records this very evaluation and every file it lists is still there
+    (a deleted picture is written again); None otherwise."""
+    marker = outdir.read_marker(out)
+    if marker.get("evaluation") != json.loads(json.dumps(identity)):  # through JSON: tuples become lists
+        return None
+    if not all((out / name).is_file() for name in marker.get("files", ())):
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and "run" in metrics else None
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -454,6 +491,10 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         outdir.check_replaceable(out, command)
     except outdir.OutputFolderError as e:
         raise EvalError(str(e)) from None
+    identity = evaluation_identity(o, run_dir, store)
+    done = None if o.force else _already_evaluated(out, identity)
+    if done is not None:  # the same command run again (the README's first one): seconds, not minutes
+        return EvalResult(out_dir=out, metrics=done, reused=True)
 
     run = load_run(run_dir, o.which, random_init=o.random_init)
     model, variables, step = run.model, run.variables, run.step
@@ -463,7 +504,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
                   num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress, fit=fit)
 
     tmp = outdir.staging_folder(out, command, {"run_dir": str(run_dir), "store": str(store_path), "split": o.split,
-                                               "checkpoint": run.checkpoint})
+                                               "checkpoint": run.checkpoint, "evaluation": identity})
     try:
         examples = _example_rows(proteins, families, 8, o.seed)
         ev = extract(model, variables, store, rows, full=True, reconstruct=examples, desc=f"{o.split} crops",

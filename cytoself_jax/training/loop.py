@@ -252,30 +252,40 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
     # One jitted program (cached across runs by the compilation cache) instead of hundreds of eager ops
     init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
-    state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(init_key)
     loop = LoopState(learning_rate=config.train.learning_rate)
     if resume and checkpointer.has("latest"):
-        state, loop, warning = checkpointer.restore_intact(state)
+        # The restore only needs the state's structure: tracing init is enough (compiling it was a few seconds of
+        # every resume, and of a finished run started again)
+        replicated = mesh_lib.replicated(mesh)
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                              jax.eval_shape(init, init_key))
+        state, loop, warning = checkpointer.restore_intact(target)
         if warning:
             log.warning(warning)
         log.info("resumed %s after epoch %d (step %d)", run_dir, loop.epoch, int(state.step))
         if loop.best_epoch == loop.epoch:
             checkpointer.save("best", state, loop)  # no-op unless the run died between its last two saves
-    elif resume:
-        log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
+    else:
+        if resume:
+            log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
+        state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(init_key)
     primary = jax.process_index() == 0
     if primary:
         record_run(run_dir, config, dataset_info, loop.epoch)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
     metrics_log.truncate_after_epoch(loop.epoch)
 
-    train_step = make_train_step(model, config.loss, mesh, dataset_info["data_variance"])
-    eval_step = make_eval_step(model, config.loss, dataset_info["data_variance"])
+    train_step = mesh_lib.compiled_together(
+        make_train_step(model, config.loss, mesh, dataset_info["data_variance"]), "train step")
+    eval_step = mesh_lib.compiled_together(
+        make_eval_step(model, config.loss, dataset_info["data_variance"]), "eval step")
     num_codes = {"local": model.spec.vq_local.num_codes, "global": model.spec.vq_global.num_codes}
     val = {}
-    last_plot = time.monotonic()
+    last_plot, plotted_epoch = time.monotonic(), None
     while not loop.stop_reason and loop.epoch < config.train.max_epochs:
         epoch = loop.epoch
+        # The first process drew the curves and wrote the run's files meanwhile: start the epoch together.
+        mesh_lib.wait_for_all_processes(f"epoch {epoch}")
         state = with_learning_rate(state, loop.learning_rate)
         bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size,
                             disable=not (progress and primary))
@@ -310,10 +320,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
             log.warning("epoch %d: %s", epoch + 1, message)
         if primary and time.monotonic() - last_plot > _PLOT_EVERY_S:
             plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
-            last_plot = time.monotonic()
+            last_plot, plotted_epoch = time.monotonic(), epoch
         if progress and primary:
             print(_epoch_summary(record, num_codes), flush=True)
-    if val and primary:  # the final curves, whenever they were last drawn
+    if val and primary and plotted_epoch != loop.epoch - 1:  # the final curves, unless just drawn
         plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
     if not loop.stop_reason:
         loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"

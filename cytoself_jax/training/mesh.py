@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -43,3 +44,35 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Place a pytree on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+# Long enough for one process to compile a full-size step on a busy CPU while the others wait.
+_BARRIER_TIMEOUT_S = 3600
+
+
+def wait_for_all_processes(name: str) -> None:
+    """Multi-process runs: block until every process reaches the barrier `name` (unique per call site and use).
+
+    This is the coordination service's barrier (a key-value wait with a long timeout), not a device collective:
+    JAX's CPU collectives (gloo) give up when the processes arrive more than 30 s apart, as they do after one
+    of them compiled or wrote files for longer. A no-op in a single process."""
+    if jax.process_count() > 1:
+        ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=_BARRIER_TIMEOUT_S * 1000)
+
+
+def compiled_together(step: Callable, name: str) -> Callable:
+    """`step` (a jitted function of fixed input shapes) for a multi-process run: on the first call it is compiled
+    ahead, then every process waits for the others (wait_for_all_processes) before running it, so that the
+    processes reach its collectives together; later calls run the compiled program. Single process: `step`."""
+    if jax.process_count() == 1:
+        return step
+    compiled = None
+
+    def run(*args):
+        nonlocal compiled
+        if compiled is None:
+            compiled = step.lower(*args).compile()
+            wait_for_all_processes(f"compiled {name}")
+        return compiled(*args)
+
+    return run
