@@ -9,10 +9,7 @@ on the 2-core development machine, `configs/demo.py`, batch 32: 26 images/s with
 
 from __future__ import annotations
 
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 _FLAG = "--xla_force_host_platform_device_count"
 # Beyond this, per-device batches get too small to pay for the gradient all-reduce (not measured above 2 cores).

@@ -253,10 +253,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     # One jitted program (cached across runs by the compilation cache) instead of hundreds of eager ops
     init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
     loop = LoopState(learning_rate=config.train.learning_rate)
+    replicated = mesh_lib.replicated(mesh)
     if resume and checkpointer.has("latest"):
         # The restore only needs the state's structure: tracing init is enough (compiling it was a few seconds of
         # every resume, and of a finished run started again)
-        replicated = mesh_lib.replicated(mesh)
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                               jax.eval_shape(init, init_key))
         state, loop, warning = checkpointer.restore_intact(target)
@@ -268,7 +268,7 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     else:
         if resume:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
-        state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(init_key)
+        state = jax.jit(init, out_shardings=replicated)(init_key)
     primary = jax.process_index() == 0
     if primary:
         record_run(run_dir, config, dataset_info, loop.epoch)
