@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cytoself_jax.models.layers import ConvBN, ModelConfigError
+from cytoself_jax.models.layers import ConvBN, ModelConfigError, conv_layer
 
 DECODERS = ("paper", "pytorch_reference")
 
@@ -132,5 +132,6 @@ class Decoder(nn.Module):
         for i, (size, features) in enumerate(zip(self.sizes, self.features)):
             x = block(tuple(size), features, self.residual_units, dtype=self.dtype, name=f"block{i}")(x, train)
         if self.out_features is not None:
-            x = nn.Conv(self.out_features, (3, 3), padding="SAME", dtype=self.dtype, name="out")(x)
+            x = conv_layer(self.out_features, 3, 1, "SAME", 1, True, nn.initializers.lecun_normal(), self.dtype,
+                           x.shape[-1], name="out")(x)
         return x

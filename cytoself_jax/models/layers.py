@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cytoself_jax.models.dense_conv import DenseConv
 from cytoself_jax.models.depthwise import DepthwiseConv
 
 # PyTorch BatchNorm2d defaults (eps 1e-5, momentum 0.1); Flax's momentum is the weight of the old statistics.
@@ -20,6 +21,21 @@ he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 class ModelConfigError(ValueError):
     """A model configuration field or a model input does not have the expected value or shape."""
+
+
+def conv_layer(features: int, kernel_size: int, strides: int, padding: str, groups: int, use_bias: bool,
+               kernel_init: Any, dtype: Any, in_features: int, name: str) -> nn.Module:
+    """The convolution module for (B, H, W, in_features) inputs: nn.Conv's parameters and results, computed on the
+    CPU backend by the formulations XLA's CPU runs fastest (GPUs keep cuDNN's): depthwise convolutions as
+    shifted slices (depthwise.py, ~10x faster than XLA's grouped convolution), dense ones with a kernel gradient
+    that stays on Eigen's path (dense_conv.py)."""
+    on_cpu = jax.default_backend() == "cpu"
+    if on_cpu and groups == features == in_features > 1 and padding == "SAME" and not use_bias:
+        return DepthwiseConv(kernel_size, strides, kernel_init, dtype, name=name)
+    if on_cpu and groups == 1:
+        return DenseConv(features, kernel_size, strides, padding, use_bias, kernel_init, dtype, name=name)
+    return nn.Conv(features, (kernel_size, kernel_size), strides=strides, padding=padding, feature_group_count=groups,
+                   use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)
 
 
 class ConvBN(nn.Module):
@@ -45,15 +61,8 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        depthwise = self.groups == self.features == x.shape[-1] > 1 and self.padding == "SAME" and not self.bias
-        if depthwise and jax.default_backend() == "cpu":
-            # XLA's CPU grouped convolution is ~10x slower than this formulation (same parameter, same result);
-            # GPUs keep cuDNN's depthwise convolution.
-            conv = DepthwiseConv(self.kernel_size, self.strides, self.kernel_init, self.dtype, name="conv")
-        else:
-            conv = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
-                           padding=self.padding, feature_group_count=self.groups, use_bias=self.bias,
-                           kernel_init=self.kernel_init, dtype=self.dtype, name="conv")
+        conv = conv_layer(self.features, self.kernel_size, self.strides, self.padding, self.groups, self.bias,
+                          self.kernel_init, self.dtype, x.shape[-1], name="conv")
         x = conv(x)
         # Flax computes the batch statistics in float32 even for bfloat16 inputs; under jit with the batch
         # sharded over devices they are statistics of the global batch.
