@@ -38,6 +38,25 @@ def build(spec: dict):
     )
 
 
+def profile(step, steps: int) -> dict:
+    """Self CPU milliseconds per step of each aten op over `steps` steps (torch.profiler); the optimizer's own
+    ops are gathered under "optimizer"."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    out: dict[str, float] = {}
+    for event in prof.events():
+        parent, in_optimizer = event, False
+        while parent is not None and not in_optimizer:
+            in_optimizer = parent.name.startswith("Optimizer.step")
+            parent = parent.cpu_parent
+        key = "optimizer" if in_optimizer else event.name
+        out[key] = out.get(key, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", required=True, help="JSON model spec written by vs_pytorch.py")
@@ -46,6 +65,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing, record torch.profiler's self CPU ms per aten op and step")
     args = p.parse_args(argv)
     sys.path.insert(0, args.reference_src)
     import torch
@@ -75,6 +96,9 @@ def main(argv=None) -> dict:
     setup_s = time.perf_counter() - start  # construction + first step (the reference's "warm-up")
     for _ in range(args.warmup):
         step()
+    if args.profile:
+        print(json.dumps({"side": "pytorch_reference", "steps": args.steps, "self_cpu_ms_per_step": profile(step, args.steps)}))
+        return {}
     times, cpu_times = [], []
     for _ in range(args.steps):
         t, cpu = time.perf_counter(), time.process_time()

@@ -18,6 +18,7 @@ import benchlib  # noqa: E402
 import breakdown  # noqa: E402
 import embed  # noqa: E402
 import input_pipeline  # noqa: E402
+import profile_step  # noqa: E402
 import scaling  # noqa: E402
 import suite_table  # noqa: E402
 import train_step  # noqa: E402
@@ -232,3 +233,43 @@ def test_gpu_suite_table_lists_every_row_and_failures(tmp_path):
     assert "decoder=paper" in lines[3] and "1,234" in lines[3] and "| 3 |" in lines[3]  # GiB
     assert "FAILED: RESOURCE_EXHAUSTED" in lines[4] and "FAILED: not run" in lines[5]
 
+
+
+def test_profile_step_names_each_op_of_the_step(tiny_config_file, tmp_path):
+    out = tmp_path / "profile.json"
+    result = profile_step.main(["--config", str(tiny_config_file), "--batch", "64", "--steps", "1", "--warmup", "0",
+                                "--out", str(out), *TINY])
+    saved = _load(out)
+    rows = saved["ours"]["op_us_per_step"]
+    kinds = {r["kind"] for r in rows}
+    # 8 images per device: the tiny model's dense kernel gradients take dense_conv's named formulations
+    assert {"conv forward", "conv input gradient", "conv kernel gradient", "batchnorm", "optimizer"} <= kinds
+    assert {"decoder_local", "encoder_local", "losses"} <= {r["part"] for r in rows}
+    assert all(r["us"] > 0 for r in rows) and saved["reference"] is None
+    total = next(r for r in saved["kinds"] if r[0] == "total")
+    assert total[1] == pytest.approx(sum(r["us"] for r in rows) / 1e3)
+    assert sum(r[4] for r in saved["parts"]) == pytest.approx(1.0)
+    assert result["ours"]["devices"] == 8
+
+
+def test_profile_step_reads_kernel_gradients_and_fusions_from_hlo_text():
+    hlo = """HloModule m
+%fused_computation.3 (p0: f32[4,8,8,2], p1: f32[8,8,2,6]) -> f32[4,3,3,6] {
+  %c = f32[4,3,3,6]{3,2,1,0} convolution(%p0, %p1), window={size=8x8 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+%fused_computation.4 (p0: f32[2,8,8,6]) -> f32[2,8,8,6] {
+  %m = f32[2,8,8,6]{3,2,1,0} multiply(%p0, %p0), metadata={op_name="jit(step)/jvp(M)/decoder_local/block0/conv1/bn/mul"}
+}
+ENTRY %main {
+  %ynn_fusion.3 = f32[4,3,3,6]{3,2,1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.3
+  %fusion.4 = f32[2,8,8,6]{3,2,1,0} fusion(%a), kind=kLoop, calls=%fused_computation.4
+  %conv.5 = f32[2,8,8,6]{3,2,1,0} convolution(%a, %b), window={size=3x3 pad=1_1x1_1}, metadata={op_name="jit(step)/transpose(jvp(M))/encoder_local/stem/conv/conv_general_dilated"}
+}
+"""
+    ops = profile_step.hlo_instructions(hlo)
+    assert profile_step.classify(ops["ynn_fusion.3"]) == ("conv kernel gradients (part unknown)", "backward",
+                                                          "conv kernel gradient")
+    assert profile_step.classify(ops["fusion.4"]) == ("decoder_local", "forward", "batchnorm")
+    assert profile_step.classify(ops["conv.5"]) == ("encoder_local", "backward", "conv input gradient")
+    assert profile_step.torch_kind("aten::convolution_backward") == "conv input + kernel gradient"
+    assert profile_step.torch_kind("aten::mkldnn_convolution") == "conv forward"

@@ -57,16 +57,19 @@ def kernel_gradient(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], str
     output's cotangent g (B, H', W', Co), spread over `devices` data-parallel devices (B/devices images each)."""
     kh, kw, ci, co = kernel_shape
     if (kh, kw, stride) == (1, 1, 1) and padding == ((0, 0), (0, 0)):
-        return lax.dot_general(x.reshape(-1, ci), g.reshape(-1, co), (((0,), (0,)), ((), ()))).reshape(kernel_shape)
+        with jax.named_scope("kernel_gradient"):
+            return lax.dot_general(x.reshape(-1, ci), g.reshape(-1, co), (((0,), (0,)), ((), ()))).reshape(kernel_shape)
     if x.dtype != jnp.float32 or max(x.shape[0] // devices, co) < YNNPACK_MIN_CHANNELS \
             or x.shape[0] // devices < MIN_BATCH:
         return jax.vjp(lambda k: _conv(x, k, stride, padding), jnp.zeros(kernel_shape, x.dtype))[1](g)[0]
-    # channels act as the batch, images as the contracted features, g as a kernel the size of the output map
+    # channels act as the batch, images as the contracted features, g as a kernel the size of the output map;
+    # the name scope lets bench/profile_step.py tell it from the input's gradient
     (pt, pb), (pl, pr) = padding
-    dk = lax.conv_general_dilated(
-        jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (2, 2),
-        ((2 * pt, 2 * pb), (2 * pl, 2 * pr)), lhs_dilation=(2, 2), rhs_dilation=(2 * stride, 2 * stride),
-        dimension_numbers=_DIMENSIONS)
+    with jax.named_scope("kernel_gradient"):
+        dk = lax.conv_general_dilated(
+            jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), (2, 2),
+            ((2 * pt, 2 * pb), (2 * pl, 2 * pr)), lhs_dilation=(2, 2), rhs_dilation=(2 * stride, 2 * stride),
+            dimension_numbers=_DIMENSIONS)
     # (Ci, kh', kw', Co): 'SAME' padding of a strided convolution can leave more positions than the kernel has
     return jnp.transpose(dk[:, :kh, :kw], (1, 2, 0, 3))
 
