@@ -30,7 +30,7 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # Eigen's convolution contracts the kernel gradient over the images of one device: with fewer it loses to
 # YNNPACK (2 images of 100x100: 3.5x slower; 16 of 48x48: 2.3x faster).
 MIN_BATCH = 8
-# XLA's CPU backend leaves convolutions of at most this many channels to Eigen already.
+# XLA's CPU backend leaves convolutions with fewer channels (input and output) than this to Eigen already.
 YNNPACK_MIN_CHANNELS = 17
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -53,8 +53,9 @@ def _forward(x, kernel, stride, padding):
 
 def kernel_gradient(x: jax.Array, g: jax.Array, kernel_shape: Sequence[int], stride: int, padding: Padding,
                     devices: int = 1) -> jax.Array:
-    """d(sum(conv2d(x, k) * g)) / dk, (kh, kw, Ci, Co) in float32 for float32 inputs, for x (B, H, W, Ci) and the
-    output's cotangent g (B, H', W', Co), spread over `devices` data-parallel devices (B/devices images each)."""
+    """d(sum(conv2d(x, k) * g)) / dk, (kh, kw, Ci, Co) in x's dtype, for x (B, H, W, Ci) and the output's
+    cotangent g (B, H', W', Co). `devices`: how many data-parallel devices share the batch (B/devices images each);
+    it only chooses the formulation."""
     kh, kw, ci, co = kernel_shape
     if (kh, kw, stride) == (1, 1, 1) and padding == ((0, 0), (0, 0)):
         with jax.named_scope("kernel_gradient"):
