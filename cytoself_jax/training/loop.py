@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cytoself_jax.analysis.plots import plot_training_curves
 from cytoself_jax.data.pipeline import make_dataset, pixel_variance, steps_per_epoch
 from cytoself_jax.data.splits import check_split_sizes, split_by_field
 from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store, verify_pixels
 from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax.program_cache import cached_program
 from cytoself_jax.run import load_run_config
 from cytoself_jax.training.checkpoint import (Checkpointer, CheckpointSaveError, LoopState, RunLock, describe_latest,
                                               latest_loop_state, latest_step)
@@ -249,16 +249,20 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
 
 def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh, dataset_info, steps,
                 epoch_batches, val_batches) -> TrainResult:
-    init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    # Placed on the mesh like the state: programs of placed arguments are kept on disk (program_cache.py)
+    init_key, step_key = (jax.device_put(k, mesh_lib.replicated(mesh))
+                          for k in jax.random.split(jax.random.PRNGKey(config.seed)))
     # One jitted program (cached across runs by the compilation cache) instead of hundreds of eager ops
     init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
     loop = LoopState(learning_rate=config.train.learning_rate)
     replicated = mesh_lib.replicated(mesh)
+    init_program = cached_program(jax.jit(init, out_shardings=replicated), name="init",
+                                  identity=(model.spec, config.train.learning_rate))
     if resume and checkpointer.has("latest"):
-        # The restore only needs the state's structure: tracing init is enough (compiling it was a few seconds of
+        # The restore only needs the state's structure: its shapes are enough (compiling init was a few seconds of
         # every resume, and of a finished run started again)
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                              jax.eval_shape(init, init_key))
+                              init_program.eval_shape(init_key))
         state, loop, warning = checkpointer.restore_intact(target)
         if warning:
             log.warning(warning)
@@ -268,17 +272,21 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     else:
         if resume:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
-        state = jax.jit(init, out_shardings=replicated)(init_key)
+        state = init_program(init_key)
     primary = jax.process_index() == 0
     if primary:
         record_run(run_dir, config, dataset_info, loop.epoch)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
     metrics_log.truncate_after_epoch(loop.epoch)
 
-    train_step = mesh_lib.compiled_together(
-        make_train_step(model, config.loss, mesh, dataset_info["data_variance"]), "train step")
-    eval_step = mesh_lib.compiled_together(
-        make_eval_step(model, config.loss, dataset_info["data_variance"]), "eval step")
+    # The programs' identity: everything the step functions close over (program_cache.py)
+    identity = (model.spec, config.loss.to_json(), dataset_info["data_variance"])
+    train_step = mesh_lib.compiled_together(cached_program(
+        make_train_step(model, config.loss, mesh, dataset_info["data_variance"]), name="train_step",
+        identity=identity, donate_argnums=(0,)), "train step")
+    eval_step = mesh_lib.compiled_together(cached_program(
+        make_eval_step(model, config.loss, dataset_info["data_variance"]), name="eval_step", identity=identity),
+        "eval step")
     num_codes = {"local": model.spec.vq_local.num_codes, "global": model.spec.vq_global.num_codes}
     val = {}
     last_plot, plotted_epoch = time.monotonic(), None
@@ -319,15 +327,22 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
         for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
             log.warning("epoch %d: %s", epoch + 1, message)
         if primary and time.monotonic() - last_plot > _PLOT_EVERY_S:
-            plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
+            _draw_curves(metrics_log.path, run_dir / "curves.png")
             last_plot, plotted_epoch = time.monotonic(), epoch
         if progress and primary:
             print(_epoch_summary(record, num_codes), flush=True)
     if val and primary and plotted_epoch != loop.epoch - 1:  # the final curves, unless just drawn
-        plot_training_curves(metrics_log.path, run_dir / "curves.png", svg=False)
+        _draw_curves(metrics_log.path, run_dir / "curves.png")
     if not loop.stop_reason:
         loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"
     return TrainResult(run_dir=run_dir, loop=loop, val=val, state=state)
+
+
+def _draw_curves(metrics_path: Path, out: Path) -> None:
+    # Imported here: matplotlib is half a second of every start, and the first curves come after an epoch
+    from cytoself_jax.analysis.plots import plot_training_curves
+
+    plot_training_curves(metrics_path, out, svg=False)
 
 
 def _terms(metrics: dict[str, float]) -> str:
