@@ -20,6 +20,7 @@ import embed  # noqa: E402
 import input_pipeline  # noqa: E402
 import profile_step  # noqa: E402
 import scaling  # noqa: E402
+import startup  # noqa: E402
 import suite_table  # noqa: E402
 import train_step  # noqa: E402
 import vs_pytorch  # noqa: E402
@@ -273,3 +274,14 @@ ENTRY %main {
     assert profile_step.classify(ops["conv.5"]) == ("encoder_local", "backward", "conv input gradient")
     assert profile_step.torch_kind("aten::convolution_backward") == "conv input + kernel gradient"
     assert profile_step.torch_kind("aten::mkldnn_convolution") == "conv forward"
+
+
+def test_startup_times_the_first_step_from_its_metrics_record(tmp_path):
+    """bench/startup.py: the first step is when a step record appears in metrics.jsonl, before the command ends."""
+    metrics = tmp_path / "metrics.jsonl"
+    writer = ("import sys, time; time.sleep(0.5); open(sys.argv[1], 'w').write('{\"kind\": \"epoch\"}\\n'); "
+              "time.sleep(0.5); open(sys.argv[1], 'a').write('{\"kind\": \"step\"}\\n'); time.sleep(1.0)")
+    total, first_step = startup._run([sys.executable, "-c", writer, str(metrics)], dict(os.environ), 60, metrics)
+    assert 0.9 < first_step < total - 0.5
+    with pytest.raises(benchlib.BenchError, match="exit status 3: boom"):
+        startup._run([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], dict(os.environ), 60)
