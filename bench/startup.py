@@ -96,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = [[r["phase"], r["first_step_s"], r["train_s"], r["eval_s"], r["train_again_s"], r["eval_again_s"],
              r["cache_files"]] for r in result["rows"]]
     benchlib.print_table(f"startup: {args.config} (wall s per command, fresh process each)",
-                         ["cache", "train.py: first step", "train.py, 1 step (whole)", "eval.py", "train.py again (finished)", "eval.py again",
-                          "cache files"], rows)
+                         ["cache", "train.py: first step", "train.py, 1 step (whole)", "eval.py",
+                          "train.py again (finished)", "eval.py again", "cache files"], rows)
     benchlib.write_json(result, args.out)
     return result
 

@@ -111,11 +111,12 @@ class _CachedProgram:
             return None
         signature = (in_tree, _signature(leaves))
         if signature not in self.programs:
-            self.programs[signature] = self._load_or_export(args, leaves, in_tree)
+            self.programs[signature] = self._load_or_export(args, leaves, signature)
         return self.programs[signature]
 
-    def _load_or_export(self, args, leaves, in_tree):
-        key = hashlib.sha256(repr((self.name, repr(self.identity), str(in_tree), _signature(leaves),
+    def _load_or_export(self, args, leaves, signature):
+        in_tree, leaf_signature = signature
+        key = hashlib.sha256(repr((self.name, repr(self.identity), str(in_tree), leaf_signature,
                                    _environment())).encode())
         path = self.folder / f"{self.name}-{key.hexdigest()[:40]}.pkl"
         loaded = _load(path, in_tree)
@@ -164,12 +165,16 @@ def _load(path: Path, in_tree) -> tuple[export.Exported, Any] | None:
 
 def _save(path: Path, in_tree, exported: export.Exported, out_tree) -> None:
     """Write atomically (a parallel process may write the same file); a read-only cache is not an error."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = pickle.dumps({"format": _FORMAT, "in_tree": in_tree, "out_tree": out_tree,
                              "exported": bytes(exported.serialize())})
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
+            tmp = Path(f.name)
             f.write(data)
-        os.replace(f.name, path)
+        os.replace(tmp, path)
     except OSError as err:
         log.debug("%s: not written (%s)", path, err)
+        if tmp is not None:  # a full disk: leave no partial file behind
+            tmp.unlink(missing_ok=True)

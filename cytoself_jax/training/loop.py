@@ -249,13 +249,12 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
 
 def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh, dataset_info, steps,
                 epoch_batches, val_batches) -> TrainResult:
+    replicated = mesh_lib.replicated(mesh)
     # Placed on the mesh like the state: programs of placed arguments are kept on disk (program_cache.py)
-    init_key, step_key = (jax.device_put(k, mesh_lib.replicated(mesh))
-                          for k in jax.random.split(jax.random.PRNGKey(config.seed)))
+    init_key, step_key = (jax.device_put(k, replicated) for k in jax.random.split(jax.random.PRNGKey(config.seed)))
     # One jitted program (cached across runs by the compilation cache) instead of hundreds of eager ops
     init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
     loop = LoopState(learning_rate=config.train.learning_rate)
-    replicated = mesh_lib.replicated(mesh)
     init_program = cached_program(jax.jit(init, out_shardings=replicated), name="init",
                                   identity=(model.spec, config.train.learning_rate))
     if resume and checkpointer.has("latest"):
