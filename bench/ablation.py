@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis.atlas import plot_atlas_panels
+from cytoself_jax.analysis.compare import difference_table, format_cell, mean_interval, training_record
 from cytoself_jax.analysis.report import EvalOptions, default_out_dir, run_eval
 from cytoself_jax.config import ABLATIONS, apply_ablation, apply_overrides
 from cytoself_jax.training.checkpoint import Checkpointer
@@ -65,37 +66,23 @@ def run_one(c: ml_collections.ConfigDict, options: EvalOptions) -> dict:
     return json.loads(metrics_file.read_text())
 
 
-def _get(d: dict | None, *keys):
-    for k in keys:
-        if d is None:
-            return None
-        d = d.get(k)
-    return d
+# The columns of the ablation table (score keys of metrics.json), in the paper's order of importance.
+TABLE_SCORES = ("clustering.umap", "clustering.raw", "knn.top1", "map.protein", "map.family",
+                "classifier.global_top1", "codebooks.global_perplexity", "codebooks.local_perplexity")
 
 
-def _mean_sd(values: list) -> str:
-    v = np.asarray([x for x in values if x is not None], float)
-    if len(v) == 0:
-        return "n/a"
-    return f"{v.mean():.3g} +- {v.std(ddof=1) if len(v) > 1 else 0.0:.2g}"
+def summarize(variant: str, rows: list[dict]) -> dict:
+    """One table row: per score, mean +- between-training sd [95% CI of the mean] (n) over the variant's trainings
+    (each training's clustering score is already its mean over UMAP seeds)."""
+    row = {"variant": variant, "trainings": len(rows)}
+    for key in TABLE_SCORES:
+        row[key] = format_cell(mean_interval([r.get(key) for r in rows]))
+    row["paper Table 1"] = PAPER_TABLE_1[variant]
+    return row
 
 
-def summarize(variant: str, runs: list[dict]) -> dict:
-    """One table row: clustering scores pooled over seeds x UMAP seeds, the rest averaged over seeds."""
-    scores = [s for m in runs for s in (_get(m, "clustering_score", "umap", "scores") or [])]
-    return {
-        "variant": variant,
-        "trainings": len(runs),
-        "clustering_score (UMAP)": _mean_sd(scores),
-        "clustering_score (raw)": _mean_sd([_get(m, "clustering_score", "raw") for m in runs]),
-        "kNN protein top-1": _mean_sd([_get(m, "knn", "top1") for m in runs]),
-        "mAP protein": _mean_sd([_get(m, "map", "protein") for m in runs]),
-        "mAP family": _mean_sd([_get(m, "map", "family") for m in runs]),
-        "classifier top-1 (global)": _mean_sd([_get(m, "classifier", "global", "top1") for m in runs]),
-        "perplexity global": _mean_sd([_get(m, "codebooks", "global", "perplexity") for m in runs]),
-        "perplexity local": _mean_sd([_get(m, "codebooks", "local", "perplexity") for m in runs]),
-        "paper Table 1": PAPER_TABLE_1[variant],
-    }
+def _p(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.2g}"
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -104,14 +91,12 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def best_umap(run_dirs: list[Path], runs: list[dict], options: EvalOptions) -> tuple[np.ndarray, np.ndarray, float]:
-    """The atlas coordinates and families of the run whose best UMAP scored highest (as the paper shows)."""
+def fixed_map(run_dir: Path, options: EvalOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The atlas map (fixed UMAP seed) and families of one training: the first seed's, never the best-scoring."""
     import anndata
 
-    best = int(np.argmax([max(_get(m, "clustering_score", "umap", "scores") or [-np.inf]) for m in runs]))
-    adata = anndata.read_h5ad(default_out_dir(run_dirs[best], options) / "embeddings.h5ad")
-    score = max(_get(runs[best], "clustering_score", "umap", "scores") or [np.nan])
-    return adata.obsm["X_umap"], adata.obs["family"].astype(str).to_numpy(), score
+    adata = anndata.read_h5ad(default_out_dir(run_dir, options) / "embeddings.h5ad")
+    return adata.obsm["X_umap"], adata.obs["family"].astype(str).to_numpy()
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -135,29 +120,41 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     root = Path(args.root)
     options = EvalOptions(split="test", which=args.checkpoint, umap_seeds=args.umap_seeds, progress=not args.quiet)
 
-    rows, panels, notes = [], [], []
+    rows, panels, notes, trainings = [], [], [], {}
     for variant in args.variants:
         try:
             configs = [variant_config(args.config, variant, s, root, args.overrides) for s in range(args.seeds)]
         except ValueError as e:  # e.g. no distance channel in the yeast data: say so rather than invent a number
             notes.append(f"{variant}: {e}")
             continue
-        runs = []
         for c in configs:
             print(f"== {variant} seed {c.seed}: {c.workdir}", flush=True)
-            runs.append(run_one(c, options))
-        rows.append(summarize(variant, runs))
-        xy, families, score = best_umap([Path(c.workdir) for c in configs], runs, options)
-        panels.append((f"{variant}\nbest score {score:.3g}", xy, families))
+            run_one(c, options)
+        records = [training_record(c.workdir, default_out_dir(Path(c.workdir), options).name) for c in configs]
+        for r in records:
+            r["variant"] = variant
+        trainings[variant] = records
+        rows.append(summarize(variant, records))
+        xy, families = fixed_map(Path(configs[0].workdir), options)
+        panels.append((f"{variant}\ntraining seed 0, UMAP seed {options.seed}", xy, families))
 
     out = root / Path(args.config).stem
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     table.to_csv(out / "ablation.csv", index=False)
+    records = pd.DataFrame([r for v in trainings.values() for r in v])
+    records.to_csv(out / "ablation_trainings.csv", index=False)  # one row per training: the table's evidence
     header = (f"Ablation on `{args.config}` ({args.seeds} trainings x {args.umap_seeds} UMAPs per variant; "
-              f"{args.checkpoint} checkpoint; test split; clustering score on UMAP of the global representation, "
-              "mean +- sd)\n\n")
-    md = header + markdown_table(table) + "\n" + "".join(f"\n- {n}" for n in notes) + "\n"
+              f"{args.checkpoint} checkpoint; test split). Cells: mean +- between-training sd [95% CI of the mean] "
+              "(n trainings); per training: ablation_trainings.csv.\n\n")
+    md = header + markdown_table(table) + "\n"
+    if "full" in trainings:
+        for variant in [v for v in trainings if v != "full"]:
+            diff = difference_table(trainings, "full", variant, TABLE_SCORES)
+            md += (f"\nfull - {variant}: " + "; ".join(
+                f"{d['score']} {d['difference']:+.3g} (Welch p {_p(d['welch_p'])}, permutation p "
+                f"{_p(d['permutation_p'])})" for d in diff.to_dict("records") if d["difference"] is not None) + "\n")
+    md += "".join(f"\n- {n}" for n in notes) + "\n"
     (out / "ablation.md").write_text(md)
     if panels:
         plot_atlas_panels(panels, out / "ablation_umaps.png")

@@ -1,46 +1,70 @@
-"""Side-by-side table of groups of evaluated runs (e.g. the paper's decoder against the PyTorch reference's, 3
-trainings each): the ablation table's columns (bench/ablation.py `summarize`) plus the epoch of the checkpoint
-that was evaluated and the validation perplexities there. Prints Markdown and writes CSV/JSON.
+"""Compare groups of evaluated trainings (e.g. two settings, 5 trainings each): one record per training and, per
+group and score, n, mean, the between-training sd and a 95% CI of the mean; for two groups, the difference with
+Welch's and an exact permutation test's p-values. Prints Markdown and writes:
+
+    OUT_trainings.csv / .json   one row per training: run, seed, fold, held-out proteins, epochs run, chosen epoch,
+                                the code that evaluated it, every score with its 95% interval
+    OUT.md / OUT.csv            the group table (and the differences, for two groups)
 
 python bench/compare_runs.py --eval-dir test \\
-    --group paper runs/paper/demo/full/seed* --group pytorch_reference runs/reference/demo/full/seed* \\
-    --out docs/paper_model/decoders_demo
+    --group paper runs/paper/demo/full/seed* --group reference runs/reference/demo/full/seed* \\
+    --out docs/evaluation/demo_decoders
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
-from ablation import _mean_sd, markdown_table, summarize
-from model_selection import epoch_records
+from cytoself_jax.analysis.compare import difference_table, format_cell, group_table, score_keys, training_record
+from cytoself_jax.analysis.records import markdown_table
 
 
-def chosen_epoch(run_dir: Path) -> dict:
-    """The best epoch (1-based) of a run's last epoch record and the validation perplexities recorded there."""
-    records = epoch_records(run_dir)
-    best = records[-1]["best_epoch"] if records else 0
-    at = next((r for r in records if r["epoch"] + 1 == best), {})
-    return {"epoch": best, "epochs": len(records), "val_perplexity_global": at.get("val_perplexity_global"),
-            "val_perplexity_local": at.get("val_perplexity_local")}
+def git_commit() -> str:
+    """The repository's commit (with '+dirty' when it has uncommitted changes), '' outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return ""
 
 
-def group_row(name: str, run_dirs: Sequence[Path], eval_dir: str) -> dict:
-    """One table row for a group of runs evaluated into RUN/eval/<eval_dir>/metrics.json."""
-    metrics = [json.loads((r / "eval" / eval_dir / "metrics.json").read_text()) for r in run_dirs]
-    chosen = [chosen_epoch(r) for r in run_dirs]
-    row = summarize("full", metrics)
-    row.pop("paper Table 1")
-    row["variant"] = name
-    row["evaluated epoch (of run length)"] = ", ".join(f"{c['epoch']}/{c['epochs']}" for c in chosen)
-    row["val perplexity global there"] = _mean_sd([c["val_perplexity_global"] for c in chosen])
-    row["val perplexity local there"] = _mean_sd([c["val_perplexity_local"] for c in chosen])
-    return row
+def compare(groups: dict[str, list[Path]], eval_dir: str, keys: Sequence[str] | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str]:
+    """(training rows, group table (long), differences of two groups or None, Markdown text)."""
+    rows = {name: [training_record(r, eval_dir) for r in runs] for name, runs in groups.items()}
+    commit = git_commit()
+    for name, group_rows in rows.items():
+        for r in group_rows:
+            r["group"], r["compared_at_commit"] = name, commit
+    keys = list(keys or score_keys(r for g in rows.values() for r in g))
+    summary = group_table(rows, keys)
+    wide = summary.assign(cell=[format_cell(r) for r in summary.to_dict("records")]) \
+        .pivot(index="score", columns="group", values="cell").reindex(index=keys, columns=list(groups))
+    text = ("Per group: mean +- between-training sd [95% CI of the mean] (n trainings); one record per training in "
+            "the _trainings files.\n\n" + markdown_table([(k, *wide.loc[k].tolist()) for k in keys],
+                                                         ("score", *groups)))
+    diff = None
+    if len(groups) == 2:
+        first, second = list(groups)
+        diff = difference_table(rows, first, second, keys)
+
+        def fmt(v):
+            return "n/a" if v is None or pd.isna(v) else f"{v:.3g}"
+        text += (f"\n\nDifference {first} - {second} (Welch's t-test and exact permutation test, two-sided):\n\n"
+                 + markdown_table([(d["score"], fmt(d["difference"]), fmt(d["welch_p"]), fmt(d["permutation_p"]))
+                                   for d in diff.to_dict("records")],
+                                  ("score", "difference of means", "Welch p", "permutation p")))
+    table = pd.DataFrame([r for g in rows.values() for r in g])
+    return table, summary, diff, text
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
@@ -48,25 +72,29 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "RUN"),
                         help="a name and its run directories; repeat for each group")
     parser.add_argument("--eval-dir", default="test", help="the eval folder under RUN/eval/ (test, test-latest)")
-    parser.add_argument("--out", default=None, help="path prefix for .csv, .md and .json")
+    parser.add_argument("--scores", nargs="*", default=None, help="score keys to show (default: all)")
+    parser.add_argument("--out", default=None, help="path prefix for the tables and the per-training records")
     args = parser.parse_args(argv)
-    rows = []
+    groups = {}
     for name, *runs in args.group:
-        runs = [Path(r) for r in runs if (Path(r) / "eval" / args.eval_dir / "metrics.json").exists()]
-        if runs:
-            rows.append(group_row(name, runs, args.eval_dir))
-    table = pd.DataFrame(rows).rename(columns={"variant": "group"})
-    text = markdown_table(table)
+        found = [Path(r) for r in runs if (Path(r) / "eval" / args.eval_dir / "metrics.json").exists()]
+        if found:
+            groups[name] = found
+    if not groups:
+        raise SystemExit(f"error: no run of any group has eval/{args.eval_dir}/metrics.json")
+    table, summary, diff, text = compare(groups, args.eval_dir, args.scores)
     print(text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out.with_suffix(".csv"), index=False)
+        table.to_csv(f"{out}_trainings.csv", index=False)
+        Path(f"{out}_trainings.json").write_text(json.dumps(table.to_dict("records"), indent=2, default=str) + "\n")
+        summary.to_csv(out.with_suffix(".csv"), index=False)
+        if diff is not None:
+            diff.to_csv(f"{out}_difference.csv", index=False)
         out.with_suffix(".md").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     return table
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

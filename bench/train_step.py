@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 import benchlib
-from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.training.state import TrainState, build_model, create_train_state
 from cytoself_jax.training.step import make_train_step
 

@@ -22,18 +22,18 @@ import os
 import pickle
 import tempfile
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
 from jax import export
 
+from cytoself_jax import provenance
+
 log = logging.getLogger(__name__)
 
 FOLDER = "exported"
 _FORMAT = 1  # bump when the file layout below changes
-_PACKAGE = Path(__file__).resolve().parent
 # jax settings that change what tracing produces (beyond the arguments and the code)
 _TRACE_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
                    "jax_numpy_rank_promotion", "jax_numpy_dtype_promotion", "jax_threefry_partitionable")
@@ -48,14 +48,10 @@ def program_dir() -> Path | None:
 @lru_cache(maxsize=1)
 def _environment() -> str:
     """Everything outside the call that changes a traced program: package source, versions, devices, flags."""
-    source = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
-        source.update(str(path.relative_to(_PACKAGE)).encode())
-        source.update(path.read_bytes())
-    versions = {name: metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
+    versions = provenance.versions(("jax", "jaxlib", "flax", "optax"))
     devices = [(d.platform, d.device_kind, d.id) for d in jax.devices()]
     settings = {name: str(getattr(jax.config, name, None)) for name in _TRACE_SETTINGS}
-    return repr((_FORMAT, source.hexdigest(), versions, devices, jax.process_count(), os.environ.get("XLA_FLAGS", ""),
+    return repr((_FORMAT, provenance.source_sha256(), versions, devices, jax.process_count(), os.environ.get("XLA_FLAGS", ""),
                  settings))
 
 

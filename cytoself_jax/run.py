@@ -18,7 +18,8 @@ import ml_collections
 
 from cytoself_jax.jsonio import read_json
 from cytoself_jax.training.checkpoint import Checkpointer
-from cytoself_jax.training.state import build_model, create_train_state
+from cytoself_jax.models import build_model
+from cytoself_jax.training.state import create_train_state
 
 CHECKPOINTS = ("best", "latest")
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_config
 
+from cytoself_jax.analysis import compare
 from cytoself_jax.config import apply_overrides, paper_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,14 +43,13 @@ def test_overrides_check_field_and_type():
         apply_overrides(paper_config(), ["train.batch_size=big"])
 
 
-def test_the_row_pools_umap_scores_over_trainings_and_averages_the_rest():
-    runs = [{"clustering_score": {"umap": {"scores": [1.0, 2.0]}, "raw": 0.5}, "knn": {"top1": 0.4}},
-            {"clustering_score": {"umap": {"scores": [4.0, 5.0]}, "raw": 1.5}, "knn": {"top1": 0.6}}]
-    row = ablation.summarize("no_split", runs)
-    pooled = np.array([1.0, 2.0, 4.0, 5.0])
-    assert row["clustering_score (UMAP)"] == f"{pooled.mean():.3g} +- {pooled.std(ddof=1):.2g}"
-    assert row["kNN protein top-1"] == f"{0.5:.3g} +- {np.std([0.4, 0.6], ddof=1):.2g}"
-    assert row["mAP protein"] == "n/a" and row["trainings"] == 2 and row["paper Table 1"] == "12.1 +- 1.46"
+def test_the_row_gives_each_score_its_between_training_statistics():
+    rows = [{"clustering.umap": 1.5, "knn.top1": 0.4}, {"clustering.umap": 4.5, "knn.top1": 0.6}]
+    row = ablation.summarize("no_split", rows)
+    umap = compare.mean_interval([1.5, 4.5])
+    assert row["clustering.umap"] == compare.format_cell(umap) and row["clustering.umap"].endswith("(n=2)")
+    assert row["clustering.umap"].startswith(f"{3.0:.3g} +- {np.std([1.5, 4.5], ddof=1):.2g} [")
+    assert row["map.protein"] == "n/a" and row["trainings"] == 2 and row["paper Table 1"] == "12.1 +- 1.46"
 
 
 def test_a_tiny_study_writes_its_table_and_is_not_redone(tmp_path, tiny_store_path):
@@ -67,7 +67,10 @@ def test_a_tiny_study_writes_its_table_and_is_not_redone(tmp_path, tiny_store_pa
     assert "| full | 1 |" in md and "| no_identification | 1 |" in md
     # the variant really trained without heads: its metrics have no classifier accuracy
     metrics = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed0/eval/test-latest/metrics.json"))]
-    assert len(metrics) == 2 and table.loc[1, "classifier top-1 (global)"] == "n/a" != table.loc[0, "classifier top-1 (global)"]
+    assert len(metrics) == 2 and table.loc[1, "classifier.global_top1"] == "n/a" != table.loc[0, "classifier.global_top1"]
+    trainings = pd.read_csv(out / "ablation_trainings.csv")  # the evidence: one row per training
+    assert list(trainings["variant"]) == ["full", "no_identification"] and trainings["seed"].eq(0).all()
+    assert "full - no_identification:" in md
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "ablation" not in p.name}
     again = ablation.main(argv)
     pd.testing.assert_frame_equal(table, again)

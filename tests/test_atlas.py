@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from cytoself_jax.analysis import atlas, plots
+from cytoself_jax import curves, figures
+from cytoself_jax.analysis import atlas
+from cytoself_jax.analysis.reconstructions import plot_reconstructions
 from cytoself_jax.analysis.common import AnalysisInputError
 
 
@@ -32,13 +34,13 @@ def assert_picture(path, min_side=300):
 
 
 def test_palette_is_fixed_and_greys_non_classes():
-    a = plots.categorical_palette(["golgi", "er", "others"], grey=["others"])
-    b = plots.categorical_palette(["er", "others", "golgi", "er"], grey=["others"])
+    a = figures.categorical_palette(["golgi", "er", "others"], grey=["others"])
+    b = figures.categorical_palette(["er", "others", "golgi", "er"], grey=["others"])
     assert a == b
-    assert a["others"] == plots.GREY
-    assert a["er"] != a["golgi"] and plots.GREY not in (a["er"], a["golgi"])
-    ordered = plots.categorical_palette(["z", "a"], sort=False)
-    assert ordered["z"] == plots.categorical_palette(["a"])["a"]  # first given name gets the first colour
+    assert a["others"] == figures.GREY
+    assert a["er"] != a["golgi"] and figures.GREY not in (a["er"], a["golgi"])
+    ordered = figures.categorical_palette(["z", "a"], sort=False)
+    assert ordered["z"] == figures.categorical_palette(["a"])["a"]  # first given name gets the first colour
 
 
 def test_plot_atlas_and_family_proteins(tmp_path, caplog):
@@ -71,14 +73,14 @@ def test_plot_reconstructions(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.random((3, 16, 16, 2)).astype(np.float32)
     x[..., 1] = x[..., 1] * 2 - 1
-    files = plots.plot_reconstructions(x, x + 0.05, tmp_path / "recon.png", channels=("protein", "distance"),
+    files = plot_reconstructions(x, x + 0.05, tmp_path / "recon.png", channels=("protein", "distance"),
                                        row_titles=["A", "B", "C"], svg=False)
     assert files == [tmp_path / "recon.png"]
     assert_picture(files[0], min_side=200)
     with pytest.raises(AnalysisInputError, match=r"plot_reconstructions: reconstructions: expected inputs and"):
-        plots.plot_reconstructions(x, x[:2], tmp_path / "bad.png", channels=("protein", "distance"))
+        plot_reconstructions(x, x[:2], tmp_path / "bad.png", channels=("protein", "distance"))
     with pytest.raises(AnalysisInputError, match=r"plot_reconstructions: channels: expected 2 names"):
-        plots.plot_reconstructions(x, x, tmp_path / "bad.png", channels=("protein",))
+        plot_reconstructions(x, x, tmp_path / "bad.png", channels=("protein",))
 
 
 def metrics_records():
@@ -96,28 +98,28 @@ def metrics_records():
 def test_training_curves_table_and_picture(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in metrics_records()) + "\n")
-    table = plots.training_curves_table(path)
+    table = curves.training_curves_table(path)
     assert list(table.index) == [0, 1, 2]
     np.testing.assert_allclose(table["train_loss"], [3.5, 2.5, 1.5])  # mean of the logged steps of each epoch
     np.testing.assert_allclose(table["train_reconstruction"], [0.35, 0.25, 0.15])
     np.testing.assert_allclose(table["val_loss"], [5.0, 4.0, 3.0])
     np.testing.assert_allclose(table["learning_rate"], [4e-4, 4e-5, 4e-6])
     assert "train_finite" not in table and "train_step" not in table
-    same, files = plots.plot_training_curves(metrics_records(), tmp_path / "curves.png")
+    same, files = curves.plot_training_curves(metrics_records(), tmp_path / "curves.png")
     pd.testing.assert_frame_equal(same, table)
     assert files == [tmp_path / "curves.png", tmp_path / "curves.svg"]
     assert_picture(files[0])
 
 
 def test_training_curves_errors(tmp_path):
-    with pytest.raises(AnalysisInputError, match=r"read_metrics: .*missing.jsonl: expected a metrics.jsonl file"):
-        plots.training_curves_table(tmp_path / "missing.jsonl")
+    with pytest.raises(curves.CurvesError, match=r"read_metrics: .*missing.jsonl: expected a metrics.jsonl file"):
+        curves.training_curves_table(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(metrics_records()[0]) + "\n{oops\n")
-    with pytest.raises(AnalysisInputError, match=r"read_metrics: .*bad.jsonl: line 2: not valid JSON"):
-        plots.training_curves_table(bad)
-    with pytest.raises(AnalysisInputError, match=r"training_curves_table: metrics: expected 'step' or 'epoch'"):
-        plots.training_curves_table([{"kind": "note", "epoch": 0}])
+    with pytest.raises(curves.CurvesError, match=r"read_metrics: .*bad.jsonl: line 2: not valid JSON"):
+        curves.training_curves_table(bad)
+    with pytest.raises(curves.CurvesError, match=r"training_curves_table: metrics: expected 'step' or 'epoch'"):
+        curves.training_curves_table([{"kind": "note", "epoch": 0}])
 
 
 def test_atlas_panels_share_one_palette(tmp_path):

@@ -12,7 +12,6 @@ from conftest import tiny_config
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-import compare_runs  # noqa: E402
 import decoders  # noqa: E402
 import model_selection  # noqa: E402
 from cytoself_jax.run import load_run_config  # noqa: E402
@@ -77,23 +76,3 @@ def test_model_selection_replay_follows_each_rule(tmp_path):
     assert by_rule[("loss", 1)]["collapsed_choices"] == 1  # perplexity 2 of a run maximum of 60
     assert by_rule[("loss", 1)]["accuracy_global_of_max"] == pytest.approx(0.1 / 0.5)
     assert by_rule[("loss_without_vq", 1)]["accuracy_global_of_max"] == pytest.approx(1.0)
-
-
-def test_compare_runs_reports_the_evaluated_epoch(tmp_path):
-    epochs = [{"loss": 2.0, "perplexity_global": 5.0, "perplexity_local": 7.0},
-              {"loss": 1.0, "perplexity_global": 9.0, "perplexity_local": 11.0}]
-    runs = []
-    for seed, knn in enumerate((0.2, 0.4)):
-        run = _fake_run(tmp_path / f"seed{seed}", epochs)
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        last = json.loads(lines[-1])
-        last["best_epoch"] = 2
-        (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
-        (run / "eval" / "test").mkdir(parents=True)
-        (run / "eval" / "test" / "metrics.json").write_text(json.dumps({"knn": {"top1": knn}}))
-        runs.append(run)
-    row = compare_runs.group_row("paper", runs, "test")
-    assert row["variant"] == "paper" and row["trainings"] == 2
-    assert row["kNN protein top-1"] == "0.3 +- 0.14"
-    assert row["evaluated epoch (of run length)"] == "2/2, 2/2"
-    assert row["val perplexity global there"].startswith("9 +- 0")

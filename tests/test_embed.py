@@ -20,7 +20,8 @@ from skimage.transform import resize
 
 from cytoself_jax import embed as embed_cli
 from cytoself_jax.analysis.outdir import MARKER
-from cytoself_jax.analysis.report import (EvalError, EvalOptions, _already_evaluated, evaluation_identity, result_text,
+from cytoself_jax.analysis.summary import result_text
+from cytoself_jax.analysis.report import (EvalError, EvalOptions, _already_evaluated, evaluation_identity,
                                          run_eval)
 from cytoself_jax.data.pipeline import normalize_crop
 from cytoself_jax.data.store import open_store, write_store

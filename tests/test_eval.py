@@ -14,7 +14,8 @@ import pytest
 from conftest import tiny_config
 from cytoself_jax.analysis import interpret
 from cytoself_jax.analysis.embed import extract
-from cytoself_jax.analysis.report import EvalError, EvalOptions, codebook_usage, run_eval
+from cytoself_jax.analysis.evaluators.codebooks import codebook_usage
+from cytoself_jax.analysis.report import EvalError, EvalOptions, run_eval
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import open_store, write_store
@@ -74,7 +75,7 @@ def evaluated(tiny_run, tmp_path_factory):
     pd.DataFrame({"protein": ["P0", "P2", "P1", "NOPE"], "complex": ["C1", "C1", "C2", "C2"]}).to_csv(complexes,
                                                                                                       index=False)
     result = run_eval(tiny_run["dir"], EvalOptions(umap_seeds=2, complexes=str(complexes), complex_permutations=99,
-                                                   atlas_thumbnails=5, progress=False))
+                                                   atlas_thumbnails=5, bootstrap=200, progress=False))
     return result
 
 
@@ -282,3 +283,81 @@ def test_cli_incompatible_store_is_one_line_and_exit_code_2(tiny_run, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "store.json: shape" in lines[0] and "32x32" in lines[0] and "16x16" in lines[0]
     assert not out.exists()
+
+
+def _numpy_clustering_score(points, labels):
+    """The paper's clustering score, written out: spread of class medians over the median class radius."""
+    names = sorted(set(labels) - {"", "others", "mixed"})
+    centres = np.stack([np.median(points[labels == n], axis=0) for n in names])
+    radii = [np.median(np.linalg.norm(points[labels == n] - c, axis=1)) for n, c in zip(names, centres)]
+    spread = np.median(np.linalg.norm(centres - np.median(centres, axis=0), axis=1))
+    return spread / np.median(radii)
+
+
+def test_eval_scores_agree_with_independent_recomputation(tiny_run, evaluated):
+    """Each score of metrics.json recomputed from the written embeddings with plain numpy / sklearn."""
+    import anndata
+    from sklearn.metrics import average_precision_score
+
+    out, m = evaluated.out_dir, evaluated.metrics
+    adata = anndata.read_h5ad(out / "embeddings.h5ad")
+    x, proteins = np.asarray(adata.X, np.float64), adata.obs["protein"].astype(str).to_numpy()
+    families = adata.obs["family"].astype(str).to_numpy()
+    scores = m["scores"]
+    # codebook perplexity: exp of the entropy of the split's summed local code counts
+    counts = adata.obsm["local_histogram"].sum(axis=0).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    assert scores["codebooks.local_perplexity"]["value"] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+    # the atlas map is the fixed-seed UMAP (never the best of several) and its score is the first seed's
+    assert adata.uns["umap"]["seed"] == 0 and m["clustering_score"]["umap"]["seeds"] == [0, 1]
+    assert m["clustering_score"]["umap"]["scores"][0] == pytest.approx(
+        _numpy_clustering_score(np.asarray(adata.obsm["X_umap"], np.float64), families), rel=1e-5)
+    assert scores["clustering.raw"]["value"] == pytest.approx(_numpy_clustering_score(x, families), rel=1e-6)
+    # kNN: the 10 nearest train crops (Euclidean) vote; a hit needs strictly more votes than any other protein
+    train_rows = tiny_run["splits"]["train"]
+    train = extract(tiny_run["model"], tiny_run["variables"], tiny_run["store"], train_rows, channels=CHANNELS,
+                    batch_size=8, full=False, progress=False).global_vectors.reshape(len(train_rows), -1)
+    train_p = tiny_run["store"].table["protein"].to_numpy()[train_rows]
+    hits = []
+    for row, truth in zip(x, proteins):
+        nearest = np.argsort(((train - row) ** 2).sum(axis=1), kind="stable")[:10]
+        votes = pd.Series(train_p[nearest]).value_counts()
+        hits.append(votes.get(truth, 0) > votes.drop(truth, errors="ignore").max(initial=0))
+    assert scores["knn.top1"]["value"] == pytest.approx(np.mean(hits))
+    # mAP same family: sklearn's AP per query on cosine similarity, averaged per family then over families
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    ap = []
+    for i in range(len(x)):
+        others = np.arange(len(x)) != i
+        ap.append(average_precision_score(families[others] == families[i], (unit[others] @ unit[i])))
+    per_family = pd.Series(ap).groupby(families).mean()
+    assert scores["map.family"]["value"] == pytest.approx(per_family.mean())
+    # every interval brackets its value, and metrics.md renders every record
+    text = (out / "metrics.md").read_text()
+    for record in scores.values():
+        if record["low"] is not None:
+            assert record["low"] - 1e-9 <= record["value"] <= record["high"] + 1e-9, record["key"]
+        assert f"| {record['label']} |" in text
+
+
+def test_a_new_score_is_one_evaluator_function_and_one_registry_line(tiny_run, tmp_path, monkeypatch):
+    from cytoself_jax.analysis.context import Evaluation
+    from cytoself_jax.analysis.evaluators import REGISTRY
+    from cytoself_jax.analysis.records import Score
+    from cytoself_jax.analysis.summary import result_text
+
+    def mean_norm(ctx):
+        value = float(np.linalg.norm(ctx.vectors, axis=1).mean())
+        return Evaluation(scores=[Score("toy.mean_norm", "mean embedding norm", value, "toy score")],
+                          details={"toy": {"value": value}})
+
+    monkeypatch.setitem(REGISTRY, "toy", mean_norm)
+    result = run_eval(tiny_run["dir"], EvalOptions(out=str(tmp_path / "out"), evaluators=("toy", "codebooks"),
+                                                   progress=False))
+    m = result.metrics
+    assert m["evaluators"] == ["codebooks", "toy"]  # registry order, only those asked for
+    assert list(m["scores"]) == ["codebooks.local_perplexity", "codebooks.global_perplexity", "toy.mean_norm"]
+    assert "| mean embedding norm |" in (result.out_dir / "metrics.md").read_text()
+    assert "mean embedding norm" in result_text(result) and m["toy"]["value"] > 0
+    with pytest.raises(EvalError, match=r"--evaluators: unknown \['nope'\]"):
+        run_eval(tiny_run["dir"], EvalOptions(out=str(tmp_path / "o2"), evaluators=("nope",), progress=False))

@@ -8,7 +8,7 @@ import pytest
 
 from cytoself_jax import program_cache
 from cytoself_jax.program_cache import cached_program
-from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax import mesh as mesh_lib
 
 
 @pytest.fixture

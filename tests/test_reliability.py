@@ -53,10 +53,10 @@ from cytoself_jax.data.pipeline import make_dataset
 from cytoself_jax.data.splits import SplitError, split_by_field
 from cytoself_jax.data.store import PIXEL_CHECK_FILE, StoreError, open_store, verify_pixels, write_store
 from cytoself_jax.analysis.common import AnalysisInputError
-from cytoself_jax.analysis.plots import read_metrics
+from cytoself_jax.curves import read_metrics
 from cytoself_jax.analysis.report import EvalError, _check_checkpoint
 from cytoself_jax.jsonio import JsonFileError
-from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import CheckpointError, Checkpointer, RunLock, describe_latest
 from cytoself_jax.training.loop import NonFiniteLossError, codebook_warnings, evaluate, train
 from cytoself_jax.training.run_record import HISTORY_FILE, record_run

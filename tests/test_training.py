@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState
 from cytoself_jax.training.losses import config_loss_terms, loss_terms, monitored_value, total_loss
 from cytoself_jax.training.loop import NonFiniteLossError, train

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
-from cytoself_jax.analysis.plots import GREY, categorical_palette, save_figure
+from cytoself_jax.figures import GREY, categorical_palette, save_figure
 from cytoself_jax.analysis.scores import NON_CLASSES
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis.common import as_labels, fail
-from cytoself_jax.analysis.plots import categorical_palette
+from cytoself_jax.figures import categorical_palette
 from cytoself_jax.analysis.scores import NON_CLASSES
 
 THUMBNAIL_PIXELS = 48  # side of a thumbnail; crops are resized to it (grayscale PNG, ~1 kB)

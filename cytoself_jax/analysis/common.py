@@ -1,6 +1,7 @@
 """Input checks and small table helpers shared by the analysis modules (numpy and pandas only)."""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -67,3 +68,8 @@ def check_choice(value: str, choices: Sequence[str], where: str, field: str) -> 
     if value not in choices:
         raise fail(where, field, f"expected one of {list(choices)}, got {value!r}")
     return value
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a protein, family or store name (runs of other characters become '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"

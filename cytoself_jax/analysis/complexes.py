@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from cytoself_jax.analysis.common import AnalysisInputError
 from cytoself_jax.analysis.neighbours import similarity_matrix
-from cytoself_jax.analysis.plots import GREY, categorical_palette, save_figure
+from cytoself_jax.figures import GREY, categorical_palette, save_figure
 
 
 def read_complexes(path: str | Path) -> pd.DataFrame:

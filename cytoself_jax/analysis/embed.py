@@ -22,7 +22,7 @@ from cytoself_jax.data.pipeline import make_dataset, normalize_crop
 from cytoself_jax.data.store import CropStore
 from cytoself_jax.imaging.fit import Fit
 from cytoself_jax.models.quantizer import code_histogram
-from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax import mesh as mesh_lib
 
 
 @dataclasses.dataclass

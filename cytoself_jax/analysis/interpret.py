@@ -90,7 +90,7 @@ def plot_interpretation(result: Interpretation, path: str | Path, row_titles: Se
     one symmetric colour scale shared by all rows so that small effects look small), for one channel."""
     from matplotlib.figure import Figure
 
-    from cytoself_jax.analysis.plots import save_figure
+    from cytoself_jax.figures import save_figure
 
     if len(row_titles) != len(result.modified):
         raise fail("plot_interpretation", "row_titles", f"expected {len(result.modified)} titles, got {len(row_titles)}")

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cytoself_jax.analysis.neighbours import protein_families, protein_profiles
-from cytoself_jax.analysis.plots import GREY, categorical_palette, save_figure
+from cytoself_jax.figures import GREY, categorical_palette, save_figure
 from cytoself_jax.analysis.scores import NON_CLASSES
 
 MIN_PROTEINS = 4  # fewer proteins give no meaningful neighbour graph, UMAP or communities

@@ -85,6 +85,14 @@ def classifier_topk(logits, labels, k: Sequence[int] = (1, 5)) -> tuple[float, .
     true class (so equal scores, e.g. a kNN vote of 0 for many classes, never make a hit by luck).
     A label of -1 (a class the scorer does not know) is always a miss. Returns one fraction per k.
     """
+    ranks = classifier_ranks(logits, labels)
+    return tuple(float(np.mean(ranks < kk)) for kk in k)
+
+
+def classifier_ranks(logits, labels) -> np.ndarray:
+    """Per row of class scores (N, C), how many other classes score >= the true class (integer labels (N,) in
+    [0, C), -1 for a class the scorer does not know: rank C, always a miss). Row i is a top-k hit when
+    ranks[i] < k."""
     where = "classifier_topk"
     scores = as_matrix(logits, where, "logits")
     labels = np.asarray(labels)
@@ -93,8 +101,7 @@ def classifier_topk(logits, labels, k: Sequence[int] = (1, 5)) -> tuple[float, .
                    f"dtype {labels.dtype}")
     if labels.min(initial=0) < -1 or labels.max(initial=0) >= scores.shape[1]:
         raise fail(where, "labels", f"expected values in [0, {scores.shape[1]}) (or -1 for unknown)")
-    ranks = _pessimistic_ranks(scores, labels)
-    return tuple(float(np.mean(ranks < kk)) for kk in k)
+    return _pessimistic_ranks(scores, labels)
 
 
 def _pessimistic_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -113,6 +120,17 @@ def knn_accuracy(
     its k nearest train embeddings; classes are ranked by vote count (ties counted against, see classifier_topk).
     Test labels absent from the train labels are misses. Returns (top1, top5) fractions.
     """
+    ranks = knn_ranks(train_emb, train_labels, test_emb, test_labels, k, metric, batch_size, progress)
+    return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
+
+
+def knn_ranks(
+    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
+    batch_size: int = 4096, progress: bool = True,
+) -> np.ndarray:
+    """Per test row, the rank of its true label in the k-nearest-neighbour vote (see knn_accuracy): how many other
+    classes got >= its votes; a label absent from the train labels ranks len(classes). Row i is a top-k hit when
+    ranks[i] < k. Returns (N_test,) int."""
     from sklearn.neighbors import NearestNeighbors
 
     where = "knn_accuracy"
@@ -135,8 +153,7 @@ def knn_accuracy(
         votes = np.zeros((stop - start, len(classes)))
         np.add.at(votes, (np.arange(stop - start)[:, None], train_ids[neighbours]), 1.0)
         ranks.append(_pessimistic_ranks(votes, test_ids[start:stop]))
-    ranks = np.concatenate(ranks)
-    return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
+    return np.concatenate(ranks)
 
 
 def average_precision(embeddings, labels, metric: str = "cosine", block_rows: int | None = None,

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from scipy.spatial.distance import pdist
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, check_choice, fail, group_means
-from cytoself_jax.analysis.plots import save_figure
+from cytoself_jax.figures import save_figure
 
 
 def protein_spectra(histograms, proteins) -> tuple[np.ndarray, np.ndarray]:

@@ -131,3 +131,4 @@ def empty_split_message(table: pd.DataFrame, splits: dict[str, np.ndarray], spli
     return (f"{where}: split {split!r}: expected at least {minimum} crops, found {n}: {why} (per protein: "
             f"{_describe(sizes)}); evaluate another split (--split val or --split all), or embed every crop without "
             f"splits: python -m cytoself_jax.embed --ckpt RUN --data {where}")
+

@@ -6,6 +6,7 @@ from cytoself_jax.models.cytoself import (
     EncoderSpec,
     ModelSpec,
     QuantizerSpec,
+    build_model,
 )
 from cytoself_jax.models.decoder import Decoder, DecoderBlock, ResidualUnit
 from cytoself_jax.models.efficientnet import Encoder, MBConv
@@ -37,6 +38,7 @@ __all__ = [
     "ResidualUnit",
     "VQOutput",
     "VectorQuantizer",
+    "build_model",
     "code_histogram",
     "ema_update",
     "lookup",

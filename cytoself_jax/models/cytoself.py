@@ -391,3 +391,9 @@ class CytoselfModel(nn.Module):
         if level not in LEVELS:
             raise ModelConfigError(f"CytoselfModel.lookup: level: expected one of {LEVELS}, got {level!r}")
         return (self.vq_local if level == "local" else self.vq_global).vectors(indices)
+
+
+def build_model(config: Mapping[str, Any], image_shape: tuple[int, int, int], num_classes: int) -> CytoselfModel:
+    """The model of an experiment config (its `model` section) for images (H, W, C) and num_classes proteins:
+    the one factory of training, runs loaded for analysis, and the benchmarks."""
+    return CytoselfModel(ModelSpec.from_config(config["model"], image_shape, num_classes))

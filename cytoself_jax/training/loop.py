@@ -18,7 +18,7 @@ import numpy as np
 from cytoself_jax.data.pipeline import make_dataset, pixel_variance, steps_per_epoch
 from cytoself_jax.data.splits import check_split_sizes, split_by_field
 from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store, verify_pixels
-from cytoself_jax.training import mesh as mesh_lib
+from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.program_cache import cached_program
 from cytoself_jax.run import load_run_config
 from cytoself_jax.training.checkpoint import (Checkpointer, CheckpointSaveError, LoopState, RunLock, describe_latest,
@@ -339,7 +339,7 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
 
 def _draw_curves(metrics_path: Path, out: Path) -> None:
     # Imported here: matplotlib is half a second of every start, and the first curves come after an epoch
-    from cytoself_jax.analysis.plots import plot_training_curves
+    from cytoself_jax.curves import plot_training_curves
 
     plot_training_curves(metrics_path, out, svg=False)
 

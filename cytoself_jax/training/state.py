@@ -7,10 +7,9 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from cytoself_jax.models import CytoselfModel, ModelSpec
+from cytoself_jax.models import build_model  # noqa: F401  (training's model factory; defined with the model)
 
 
 @flax.struct.dataclass
@@ -22,11 +21,6 @@ class TrainState:
     params: Any
     model_state: Any
     opt_state: Any
-
-
-def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int], num_classes: int) -> CytoselfModel:
-    """The model of an experiment config for images (H, W, C) and num_classes proteins."""
-    return CytoselfModel(ModelSpec.from_config(config.model, image_shape, num_classes))
 
 
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:

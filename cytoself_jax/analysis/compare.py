@@ -1,0 +1,140 @@
+"""Comparing trainings: one record per training (its scores with their intervals, seed, epochs, code), and per
+group of trainings n, mean, the between-training sd and a 95% confidence interval of the mean, with Welch's t-test
+and an exact permutation test between two groups. A difference between groups is reported with its p-value,
+never as "better" on means alone.
+
+The unit here is the training: scores of one training are one observation, whatever their own intervals (those
+measure the sampling of fields of view within one training; the between-training sd measures what a new training
+would give).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytoself_jax.analysis.records import scores_from_metrics
+from cytoself_jax.jsonio import read_json_lines
+
+
+def training_record(run_dir: str | Path, eval_dir: str = "test") -> dict:
+    """One training's row: run, seed, split fold, held-out proteins, epochs run, best (chosen) epoch and its stop
+    reason, the code that evaluated it, and per score key its value, interval and sd. Reads RUN/config.json,
+    RUN/metrics.jsonl and RUN/eval/<eval_dir>/metrics.json."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "eval" / eval_dir / "metrics.json").read_text())
+    epochs = [r for r in read_json_lines(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"] \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    last = epochs[-1] if epochs else {}
+    code = metrics.get("run", {}).get("code") or {}
+    row = {"run": str(run_dir), "seed": config.get("seed"), "split_fold": config.get("data", {}).get("split_fold", 0),
+           "heldout_proteins": " ".join(metrics.get("run", {}).get("heldout_proteins", [])),
+           "epochs_run": len({r["epoch"] for r in epochs}), "chosen_epoch": last.get("best_epoch"),
+           "max_epochs": config.get("train", {}).get("max_epochs"), "step": metrics.get("run", {}).get("step"),
+           "source_sha256": code.get("source_sha256", "")[:12], "eval_dir": eval_dir}
+    for s in scores_from_metrics(metrics):
+        row[s.key] = s.value
+        row[f"{s.key} low"], row[f"{s.key} high"] = s.low, s.high
+        if s.sd is not None:
+            row[f"{s.key} sd"] = s.sd
+    return row
+
+
+def score_keys(rows: Iterable[Mapping]) -> list[str]:
+    """The score keys present in training rows (columns with a ' low' partner), in first-seen order."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            if k.endswith(" low"):
+                keys[k[:-4]] = None
+    return list(keys)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
+    """n, mean, sd (ddof=1) and the t-interval of the mean of independent trainings' values (None entries
+    dropped); sd and interval None for n < 2."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": None, "sd": None, "low": None, "high": None}
+    if n == 1:
+        return {"n": 1, "mean": float(v[0]), "sd": None, "low": None, "high": None}
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": float(v.mean()), "sd": sd, "low": float(v.mean() - half), "high": float(v.mean() + half)}
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) between two groups of trainings; None when a group
+    has fewer than 2 values or both have no spread."""
+    from scipy import stats
+
+    a, b = (np.asarray([x for x in g if x is not None], float) for g in (a, b))
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], max_exact: int = 20_000, seed: int = 0) -> float | None:
+    """Two-sided permutation p-value of the difference of means: exact over all relabellings when there are at most
+    `max_exact` of them (e.g. 5 vs 5: 252), else 20,000 random ones (+1 smoothed). None when a group is empty."""
+    a, b = (np.asarray([x for x in g if x is not None], float) for g in (a, b))
+    if len(a) == 0 or len(b) == 0:
+        return None
+    pooled, n = np.concatenate([a, b]), len(a)
+    observed = abs(a.mean() - b.mean())
+    total = math.comb(len(pooled), n)
+    if total <= max_exact:
+        diffs = [abs(pooled[list(c)].mean() - np.delete(pooled, list(c)).mean())
+                 for c in itertools.combinations(range(len(pooled)), n)]
+        return float(np.mean(np.asarray(diffs) >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(max_exact):
+        p = rng.permutation(pooled)
+        hits += abs(p[:n].mean() - p[n:].mean()) >= observed - 1e-12
+    return float((hits + 1) / (max_exact + 1))
+
+
+def group_table(groups: Mapping[str, Sequence[Mapping]], keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per group and score: n trainings, mean, between-training sd, 95% CI of the mean (long format, one row per
+    (group, score))."""
+    keys = list(keys or score_keys(r for rows in groups.values() for r in rows))
+    out = []
+    for name, rows in groups.items():
+        for key in keys:
+            out.append({"group": name, "score": key, **mean_interval([r.get(key) for r in rows])})
+    return pd.DataFrame(out)
+
+
+def difference_table(groups: Mapping[str, Sequence[Mapping]], first: str, second: str,
+                     keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per score, the two groups' means, their difference and Welch's and the permutation test's p-values."""
+    keys = list(keys or score_keys(r for rows in groups.values() for r in rows))
+    out = []
+    for key in keys:
+        a = [r.get(key) for r in groups[first]]
+        b = [r.get(key) for r in groups[second]]
+        ma, mb = mean_interval(a)["mean"], mean_interval(b)["mean"]
+        out.append({"score": key, first: ma, second: mb,
+                    "difference": None if ma is None or mb is None else ma - mb,
+                    "welch_p": welch_p(a, b), "permutation_p": permutation_p(a, b)})
+    return pd.DataFrame(out)
+
+
+def format_cell(summary: Mapping, digits: int = 3) -> str:
+    """'0.412 +- 0.031 [0.374, 0.450] (n=5)': mean, between-training sd, 95% CI of the mean, trainings."""
+    if summary["mean"] is None:
+        return "n/a"
+    text = f"{summary['mean']:.{digits}g}"
+    if summary["sd"] is not None:
+        text += f" +- {summary['sd']:.2g} [{summary['low']:.{digits}g}, {summary['high']:.{digits}g}]"
+    return text + f" (n={summary['n']})"

@@ -1,0 +1,92 @@
+"""Comparing trainings (analysis/compare.py, bench/compare_runs.py): the between-training statistics against hand
+computations and brute force, and the per-training records of evaluated runs."""
+
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_config
+
+from cytoself_jax.analysis import compare
+from cytoself_jax.analysis.records import Score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import compare_runs  # noqa: E402
+
+
+def test_mean_interval_is_the_t_interval_of_the_mean():
+    s = compare.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0, None])
+    sd = math.sqrt(2.5)
+    half = 2.7764451051977987 * sd / math.sqrt(5)  # t(0.975, 4 degrees of freedom)
+    assert s["n"] == 5 and s["mean"] == pytest.approx(3.0) and s["sd"] == pytest.approx(sd)
+    assert (s["low"], s["high"]) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    assert compare.mean_interval([0.4])["sd"] is None and compare.mean_interval([])["mean"] is None
+
+
+def test_mean_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = [(lambda s: s["low"] <= 1.0 <= s["high"])(compare.mean_interval(rng.normal(1.0, 2.0, 5).tolist()))
+               for _ in range(2000)]
+    assert 0.93 <= np.mean(covered) <= 0.97
+
+
+def test_welch_p_matches_the_formula():
+    from scipy import stats
+
+    a, b = np.array([1.0, 2.0, 4.0, 3.5]), np.array([3.0, 5.0, 6.5, 4.0, 7.0])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    assert compare.welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert compare.welch_p([1.0], [2.0, 3.0]) is None
+
+
+def test_permutation_p_is_exact_over_all_relabellings():
+    a, b = [1.0, 2.0, 3.0], [10.0, 11.0, 12.0]
+    assert compare.permutation_p(a, b) == pytest.approx(2 / 20)  # only the observed split and its mirror
+    a, b = [1.0, 5.0, 2.0], [4.0, 3.0]
+    pooled = np.array(a + b)
+    observed = abs(np.mean(a) - np.mean(b))
+    brute = [abs(pooled[list(c)].mean() - np.delete(pooled, list(c)).mean()) >= observed - 1e-12
+             for c in itertools.combinations(range(5), 3)]
+    assert compare.permutation_p(a, b) == pytest.approx(np.mean(brute))
+
+
+def _evaluated_run(root: Path, seed: int, scores: dict[str, float], epochs: int, best: int) -> Path:
+    root.mkdir(parents=True)
+    config = tiny_config(root, root)
+    config.seed = seed
+    (root / "config.json").write_text(config.to_json())
+    (root / "metrics.jsonl").write_text("".join(
+        json.dumps({"kind": "epoch", "epoch": e, "best_epoch": best}) + "\n" for e in range(epochs)))
+    records = {k: Score(k, k, v, low=v - 0.1, high=v + 0.1).to_json() for k, v in scores.items()}
+    (root / "eval" / "test").mkdir(parents=True)
+    (root / "eval" / "test" / "metrics.json").write_text(json.dumps(
+        {"scores": records, "run": {"heldout_proteins": ["P9"], "step": 10,
+                                    "code": {"source_sha256": "abcdef0123456789"}}}))
+    return root
+
+
+def test_compare_runs_writes_one_record_per_training_and_the_group_statistics(tmp_path):
+    a = [_evaluated_run(tmp_path / f"a{s}", s, {"knn.top1": 0.2 + 0.1 * s}, epochs=6, best=4) for s in range(3)]
+    b = [_evaluated_run(tmp_path / f"b{s}", s, {"knn.top1": 0.6 + 0.1 * s}, epochs=5, best=5) for s in range(3)]
+    out = tmp_path / "docs" / "cmp"
+    table = compare_runs.main(["--group", "first", *map(str, a), "--group", "second", *map(str, b),
+                               "--out", str(out)])
+    assert len(table) == 6 and list(table["seed"]) == [0, 1, 2, 0, 1, 2]
+    assert list(table["epochs_run"]) == [6, 6, 6, 5, 5, 5] and list(table["chosen_epoch"]) == [4, 4, 4, 5, 5, 5]
+    assert table["heldout_proteins"].eq("P9").all() and table["source_sha256"].eq("abcdef012345").all()
+    np.testing.assert_allclose(table["knn.top1 low"], table["knn.top1"] - 0.1)
+    records = json.loads(Path(f"{out}_trainings.json").read_text())
+    assert [r["run"] for r in records] == [str(r) for r in a + b]
+    summary = pd.read_csv(out.with_suffix(".csv"))
+    first = summary[summary["group"] == "first"].iloc[0]
+    assert first["n"] == 3 and first["mean"] == pytest.approx(0.3) and first["sd"] == pytest.approx(0.1)
+    diff = pd.read_csv(f"{out}_difference.csv").iloc[0]
+    assert diff["difference"] == pytest.approx(-0.4) and diff["permutation_p"] == pytest.approx(0.1)
+    assert "Welch p" in out.with_suffix(".md").read_text()
