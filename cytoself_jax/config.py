@@ -26,6 +26,15 @@ def paper_config() -> ml_collections.ConfigDict:
     c.data.channels = ("protein", "distance")
     c.data.split_fractions = (0.8, 0.1, 0.1)
     c.data.split_seed = 0
+    # Which of a protein's fields goes to which split: its seeded field order rotated by this many places, so
+    # folds 0..3 of a protein with 4 fields (yeast) make each field the test field once (data/splits.py).
+    c.data.split_fold = 0
+    # Proteins kept out of training altogether (no crop in train, val or test; not a classifier class), for eval
+    # to place as proteins the model never saw: a fraction in [0, 1) of the store's proteins (chosen with
+    # heldout_seed) or a tuple of protein names; 0 = none. Any type: --config.data.heldout_proteins=0.2 or
+    # --config.data.heldout_proteins="('YAL001C', 'YBR002W')". dataset.json lists the proteins held out.
+    c.data.heldout_proteins = ml_collections.FieldReference(0.0, field_type=object)
+    c.data.heldout_seed = 0
     c.data.allow_single_field = False
     c.data.num_workers = 4
     c.data.prefetch = 4

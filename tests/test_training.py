@@ -9,6 +9,7 @@ import types
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -274,3 +275,45 @@ def test_non_finite_loss_stops_with_the_step_and_terms_named(tmp_path, tiny_stor
     with pytest.raises(NonFiniteLossError, match=r"step 1 .*reconstruction="):
         train(config, progress=False)
     assert not Checkpointer(tmp_path / "run").has("latest")
+
+
+def test_heldout_proteins_are_not_trained_on_and_are_recorded(tmp_path, tiny_store_path):
+    """A protein held out of training is no class, in no split; dataset.json names it; a resume must keep it."""
+    from cytoself_jax.data.store import open_store
+    from cytoself_jax.data.splits import splits_for_config
+
+    config = tiny_config(tmp_path / "run", tiny_store_path)
+    config.data.heldout_proteins = ("P2",)
+    config.train.max_epochs = 1
+    result = train(config, progress=False)
+    info = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert info["proteins"] == ["P0", "P1", "P3"] and info["heldout_proteins"] == ["P2"]
+    assert sum(info["split_sizes"].values()) == 72  # 3 proteins x 24 crops: none of P2's
+    # the classifier heads have one output per trained protein
+    logits = [v.shape for path, v in jax.tree_util.tree_flatten_with_path(result.state.params)[0]
+              if "'logits'" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)]
+    assert logits == [(16, 3)] * len(config.model.heads), logits
+    # eval finds the same splits from the saved config
+    saved = splits_for_config(open_store(tiny_store_path).table, config)
+    assert saved.heldout_proteins == ("P2",) and sum(len(v) for v in saved.splits.values()) == 72
+    config.data.heldout_proteins = ("P1",)
+    with pytest.raises(ValueError, match="changed: data.heldout_proteins"):
+        train(config, resume=True, progress=False)
+
+
+def test_resume_check_treats_absent_split_fields_as_their_defaults(tmp_path):
+    """A run saved before split_fold / heldout_* existed trained with their defaults: it resumes with them, and
+    only with them."""
+    from cytoself_jax.training.run_record import check_resumable
+
+    config = tiny_config(tmp_path / "run", tmp_path / "store")
+    saved = json.loads(config.to_json())
+    for field in ("split_fold", "heldout_proteins", "heldout_seed"):
+        del saved["data"][field]
+    old = ml_collections.ConfigDict(saved)
+    check_resumable(old, config, tmp_path)
+    for field, value in (("split_fold", 1), ("heldout_proteins", 0.2), ("heldout_seed", 3)):
+        changed = tiny_config(tmp_path / "run", tmp_path / "store")
+        changed.data[field] = value
+        with pytest.raises(ValueError, match=f"changed: data.{field} \"\\(absent\\)\" -> "):
+            check_resumable(old, changed, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import logging
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from cytoself_jax.data.pipeline import make_dataset, pixel_variance, steps_per_epoch
-from cytoself_jax.data.splits import check_split_sizes, split_by_field
+from cytoself_jax.data.splits import check_split_sizes, class_ids, splits_for_config
 from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store, verify_pixels
 from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.program_cache import cached_program
@@ -125,6 +126,15 @@ class TrainResult:
     already_finished: bool = False  # the run had finished before this call: nothing was trained
 
 
+def _with_classes(store: CropStore, classes: tuple[str, ...]) -> CropStore:
+    """The store with the classifier's classes restricted to `classes` (the proteins trained on): crops' labels
+    index into them, -1 for held-out proteins (whose crops are in no split, so never read)."""
+    view = copy.copy(store)
+    view.proteins = classes
+    view.protein_ids = class_ids(store.table["protein"].to_numpy(), classes)
+    return view
+
+
 def _check_train_config(config: ml_collections.ConfigDict) -> None:
     """Refuse training settings the loop cannot run with, naming the config field (ValueError, one line)."""
     t = config.train
@@ -151,6 +161,10 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(t.select_from_epoch, int) or t.select_from_epoch < 1:
         raise ValueError(f"config.train.select_from_epoch: expected an integer >= 1 (1 = every epoch may be the "
                          f"best), found {t.select_from_epoch!r}")
+    for field in ("split_fold", "heldout_seed"):
+        value = config.data.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"config.data.{field}: expected an integer >= 0, found {value!r}")
     fractions = tuple(config.data.split_fractions)
     if len(fractions) != 3 or not fractions[1] > 0:
         raise ValueError(f"config.data.split_fractions: expected (train, val, test) with val > 0 (the schedule and "
@@ -184,12 +198,15 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     store_fingerprint = fingerprint(store)
     if resume and has_checkpoint:
         check_same_store(run_dir, store_fingerprint)
-    splits = split_by_field(
-        store.table, tuple(config.data.split_fractions), seed=config.data.split_seed,
-        allow_single_field=config.data.allow_single_field, where=str(store.path / TABLE_FILE),
-    )
+    run_splits = splits_for_config(store.table, config, where=str(store.path / TABLE_FILE))
+    splits = run_splits.splits
     for message in check_split_sizes(store.table, splits, str(store.path / TABLE_FILE)):
         log.warning(message)
+    if run_splits.heldout_proteins:
+        log.info("%d proteins held out of training (dataset.json 'heldout_proteins'): %s",
+                 len(run_splits.heldout_proteins), ", ".join(run_splits.heldout_proteins[:5])
+                 + (" ..." if len(run_splits.heldout_proteins) > 5 else ""))
+        store = _with_classes(store, run_splits.trained_proteins)
     h, w, _ = store.image_shape
     image_shape = (h, w, len(channels))
     model = build_model(config, image_shape, len(store.proteins))
@@ -222,7 +239,8 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     variance, variance_crops = pixel_variance(store, splits["train"], channels, seed=config.data.split_seed)
     dataset_info = {
         "store": str(Path(config.data.path).absolute()),
-        "proteins": list(store.proteins),
+        "proteins": list(store.proteins),  # the classifier's classes, in class order: the proteins trained on
+        "heldout_proteins": list(run_splits.heldout_proteins),
         "channels": list(channels),
         "image_shape": list(image_shape),
         "split_sizes": {k: int(len(v)) for k, v in splits.items()},

@@ -27,11 +27,14 @@ _NEW_RUN = "use another --config.workdir for a new run"
 # Config fields that must not change when a run is resumed: they change the model or what it learns from, or the
 # checkpoint fixes them (its learning-rate schedule continues from the saved learning rate, its best value is one
 # of the monitored quantity).
-RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "data.split_seed", "seed",
-                "train.learning_rate", "train.monitor")
+RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "data.split_seed", "data.split_fold",
+                "data.heldout_proteins", "data.heldout_seed", "seed", "train.learning_rate", "train.monitor")
 # Switches inside those that change neither the parameters nor the results: a run may resume with them flipped,
 # and a run saved before they existed has none.
 RESUME_FREE = ("model.remat_decoders",)
+# Fixed fields added after runs were saved: a run without the field trained with this value, so it may resume with
+# the value (and only with it).
+RESUME_DEFAULTS = {"data.split_fold": 0, "data.heldout_proteins": 0.0, "data.heldout_seed": 0}
 _MISSING = "(absent)"
 
 
@@ -74,10 +77,18 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
     """Refuse (ValueError, one line naming the differing fields) a resume whose config changes a RESUME_FIXED
     field of the run's config.json."""
     diff = {k: v for k, v in settings_diff(saved, config).items()
-            if k.startswith(tuple(f + "." for f in RESUME_FIXED) + RESUME_FIXED) and k not in RESUME_FREE}
+            if k.startswith(tuple(f + "." for f in RESUME_FIXED) + RESUME_FIXED) and k not in RESUME_FREE
+            and not _default_when_absent(k, v)}
     if diff:
         raise ValueError(f"{Path(run_dir) / 'config.json'}: a run resumes only with the model, data and seed it "
                          f"started with; changed: {describe_diff(diff)}; drop these overrides to resume, or {_NEW_RUN}")
+
+
+def _default_when_absent(key: str, values: list) -> bool:
+    """Whether a difference is only a field absent on one side (a run saved before it existed) and its default on
+    the other."""
+    a, b = values
+    return key in RESUME_DEFAULTS and _MISSING in (a, b) and (b if a == _MISSING else a) == RESUME_DEFAULTS[key]
 
 
 def check_same_store(run_dir: Path, now: dict) -> None:
