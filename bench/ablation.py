@@ -38,7 +38,8 @@ PAPER_TABLE_1 = {"full": "13.3 +- 2.4", "no_fiducial": "12.4 +- 1.3", "no_distan
                  "no_split": "12.1 +- 1.46", "no_identification": "0.564 +- 0.14"}
 
 
-def variant_config(config_file: str, variant: str, seed: int, root: Path, overrides: list[str]):
+def variant_config(config_file: str, variant: str, seed: int, root: Path, overrides: list[str], folds: int = 0,
+                   heldout_per_training: bool = False):
     """The experiment config of one (variant, seed); ValueError where the variant does not apply to this data.
 
     The overrides go to the config file's base_config() before the variant's switch, so that a variant that
@@ -52,18 +53,22 @@ def variant_config(config_file: str, variant: str, seed: int, root: Path, overri
                          "ablation switch), as in configs/demo.py")
     c = apply_ablation(apply_overrides(module.base_config(), overrides), variant)
     c.seed = seed
+    if folds:  # training k tests on fold k mod folds: each field is the test field in turn
+        c.data.split_fold = seed % folds
+    if heldout_per_training:  # each training holds out its own proteins (data.heldout_proteins of them)
+        c.data.heldout_seed = seed
     c.workdir = str(root / Path(config_file).stem / variant / f"seed{seed}")
     return c
 
 
-def run_one(c: ml_collections.ConfigDict, options: EvalOptions) -> dict:
-    """Train (or resume, or skip when done) and evaluate (or reuse) one run; returns its metrics.json."""
+def run_one(c: ml_collections.ConfigDict, options: EvalOptions, train_only: bool = False) -> dict | None:
+    """Train (or resume, or skip when done) and evaluate (or reuse) one run; returns its metrics.json (None with
+    train_only)."""
     run_dir = Path(c.workdir)
-    metrics_file = default_out_dir(run_dir, options) / "metrics.json"
-    if not metrics_file.exists():
-        train(c, resume=Checkpointer(run_dir).has("latest"), progress=options.progress)
-        run_eval(run_dir, options)
-    return json.loads(metrics_file.read_text())
+    train(c, resume=Checkpointer(run_dir).has("latest"), progress=options.progress)  # a finished run: nothing to do
+    if train_only:
+        return None
+    return run_eval(run_dir, options).metrics  # reused when the same code already evaluated this checkpoint
 
 
 # The columns of the ablation table (score keys of metrics.json), in the paper's order of importance.
@@ -114,6 +119,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="overrides of the base config for every run (before the variant's switch), "
                         "e.g. train.max_epochs=6")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="rotate the test field: training k uses data.split_fold = k mod FOLDS (yeast: 4)")
+    parser.add_argument("--heldout-per-training", action="store_true",
+                        help="training k holds out its own proteins (data.heldout_seed = k)")
+    parser.add_argument("--train-only", action="store_true", help="train (or resume) every run; evaluate nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -123,13 +133,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows, panels, notes, trainings = [], [], [], {}
     for variant in args.variants:
         try:
-            configs = [variant_config(args.config, variant, s, root, args.overrides) for s in range(args.seeds)]
+            configs = [variant_config(args.config, variant, s, root, args.overrides, args.folds,
+                                      args.heldout_per_training) for s in range(args.seeds)]
         except ValueError as e:  # e.g. no distance channel in the yeast data: say so rather than invent a number
             notes.append(f"{variant}: {e}")
             continue
         for c in configs:
             print(f"== {variant} seed {c.seed}: {c.workdir}", flush=True)
-            run_one(c, options)
+            run_one(c, options, train_only=args.train_only)
+        if args.train_only:
+            continue
         records = [training_record(c.workdir, default_out_dir(Path(c.workdir), options).name) for c in configs]
         for r in records:
             r["variant"] = variant

@@ -27,7 +27,7 @@ from cytoself_jax.analysis.evaluators import REGISTRY
 from cytoself_jax.analysis.evaluators.reconstructions import EXAMPLES, example_rows
 from cytoself_jax.analysis.options import EvalError, EvalOptions, check_options
 from cytoself_jax.analysis.summary import metrics_markdown
-from cytoself_jax.data.splits import SplitError, empty_split_message, splits_for_config
+from cytoself_jax.data.splits import SplitError, class_ids, empty_split_message, splits_for_config
 from cytoself_jax.data.store import META_FILE, CropStore, fingerprint, open_store
 from cytoself_jax.imaging.fit import Fit, FitError, fit_for
 from cytoself_jax.provenance import code_identity
@@ -103,8 +103,9 @@ def _splits(o: EvalOptions, config, store: CropStore, store_path: Path, run_dir:
     try:
         with warnings.catch_warnings():  # single-field proteins are training's concern, said there
             warnings.simplefilter("ignore")
-            return splits_for_config(store.table, config.data, where=str(store_path / "crops.csv"),
-                                     allow_single_field=o.split == "all")
+            run_splits = splits_for_config(store.table, config, where=str(store_path / "crops.csv"),
+                                           allow_single_field=True if o.split == "all" else None)
+            return run_splits.splits, run_splits.heldout_proteins
     except SplitError as e:
         raise EvalError(f"{e}; to embed every crop of a store without splits (new data, any number of fields), "
                         f"run python -m cytoself_jax.embed --ckpt {run_dir} --data {store_path}") from None
@@ -179,8 +180,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         return EvalResult(out_dir=out, metrics=done, reused=True)
 
     run = load_run(run_dir, o.which, random_init=o.random_init)
-    class_of = {p: i for i, p in enumerate(run.proteins)}
-    class_ids = np.array([class_of.get(p, -1) for p in proteins], dtype=np.int64)
+    classes = class_ids(proteins, run.proteins)  # -1: a protein the run was not trained on
     tmp = outdir.staging_folder(out, command, {"run_dir": str(run_dir), "store": str(store_path), "split": o.split,
                                                "checkpoint": run.checkpoint, "evaluation": identity})
     try:
@@ -191,7 +191,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
                           num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress,
                           fit=fit)
         ctx = EvalContext(options=o, out=tmp, run=run, store=store, store_path=store_path, fit=fit, rows=rows,
-                          table=table, outputs=outputs, examples=examples, class_ids=class_ids, splits=splits,
+                          table=table, outputs=outputs, examples=examples, class_ids=classes, splits=splits,
                           heldout=heldout)
         metrics = _run_evaluators(ctx)
         metrics["run"] = {"run_dir": str(run_dir), "checkpoint": run.checkpoint if o.random_init else o.which,
