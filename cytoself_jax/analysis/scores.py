@@ -107,17 +107,14 @@ def _pessimistic_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(known, ranks, scores.shape[1])
 
 
-def knn_accuracy(
-    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
-    batch_size: int = 4096, progress: bool = True,
-) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy of a k-nearest-neighbour vote: each test embedding (flattened) gets the labels of
-    its k nearest train embeddings; classes are ranked by vote count (ties counted against, see classifier_topk).
-    Test labels absent from the train labels are misses. Returns (top1, top5) fractions.
-    """
+def knn_neighbour_labels(
+    train_emb, train_labels, test_emb, k: int = 10, metric: str = "euclidean", batch_size: int = 4096,
+    progress: bool = True, where: str = "knn_neighbour_labels",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of each test embedding's k nearest train embeddings (both flattened per row): (classes (C,) the
+    sorted distinct train labels, ids (M, k) int64 index into classes, nearest first)."""
     from sklearn.neighbors import NearestNeighbors
 
-    where = "knn_accuracy"
     train = as_matrix(train_emb, where, "train_emb", flatten=True)
     test = as_matrix(test_emb, where, "test_emb", flatten=True)
     if train.shape[1] != test.shape[1]:
@@ -125,19 +122,46 @@ def knn_accuracy(
     if not 1 <= k <= len(train):
         raise fail(where, "k", f"expected 1 <= k <= {len(train)} (train size), got {k}")
     classes, train_ids = np.unique(as_labels(train_labels, len(train), where, "train_labels"), return_inverse=True)
-    test_labels = as_labels(test_labels, len(test), where, "test_labels")
-    pos = np.searchsorted(classes, test_labels).clip(max=len(classes) - 1)
-    test_ids = np.where(classes[pos] == test_labels, pos, -1)
-
     index = NearestNeighbors(n_neighbors=k, metric=metric).fit(train)
-    ranks = []
+    ids = np.empty((len(test), k), np.int64)
     for start in tqdm(range(0, len(test), batch_size), desc="kNN", unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, len(test))
-        neighbours = index.kneighbors(test[start:stop], return_distance=False)
-        votes = np.zeros((stop - start, len(classes)))
-        np.add.at(votes, (np.arange(stop - start)[:, None], train_ids[neighbours]), 1.0)
-        ranks.append(_pessimistic_ranks(votes, test_ids[start:stop]))
-    ranks = np.concatenate(ranks)
+        ids[start:stop] = train_ids[index.kneighbors(test[start:stop], return_distance=False)]
+    return classes, ids
+
+
+def knn_votes(ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """Vote counts (M, num_classes) float64 of neighbour class ids (M, k)."""
+    votes = np.zeros((len(ids), num_classes))
+    np.add.at(votes, (np.arange(len(ids))[:, None], ids), 1.0)
+    return votes
+
+
+def knn_ranks(
+    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
+    batch_size: int = 4096, progress: bool = True, where: str = "knn_ranks",
+) -> np.ndarray:
+    """Per test row (M,), how many other classes get >= the votes of its true class among its k nearest train
+    rows (0 = a top-1 hit; ties counted against, see classifier_topk); the number of classes for a test label
+    absent from the train labels."""
+    classes, ids = knn_neighbour_labels(train_emb, train_labels, test_emb, k, metric, batch_size, progress, where)
+    test_labels = as_labels(test_labels, len(ids), where, "test_labels")
+    pos = np.searchsorted(classes, test_labels).clip(max=len(classes) - 1)
+    test_ids = np.where(classes[pos] == test_labels, pos, -1)
+    return np.concatenate([_pessimistic_ranks(knn_votes(ids[i:i + batch_size], len(classes)),
+                                              test_ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)])
+
+
+def knn_accuracy(
+    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
+    batch_size: int = 4096, progress: bool = True,
+) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy of a k-nearest-neighbour vote: each test embedding (flattened) gets the labels of
+    its k nearest train embeddings; classes are ranked by vote count (ties counted against, see classifier_topk).
+    Test labels absent from the train labels are misses. Returns (top1, top5) fractions (knn_ranks per row).
+    """
+    ranks = knn_ranks(train_emb, train_labels, test_emb, test_labels, k, metric, batch_size, progress,
+                      where="knn_accuracy")
     return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
 
 
