@@ -56,19 +56,128 @@ def test_run_probes_separable_embedding_beats_noise_pixels(tmp_path):
     assert result["family"]["embedding"]["classes"] == 3  # 'mixed' left out of the family probe
     assert result["family"]["embedding"]["test"] == int(np.sum(test & (families != "mixed")))
     assert result["family"]["pixels"]["pca_components"] == 50
+    assert result["family"]["pixels"]["selected_on"] == "defaults" and result["family"]["pixels"]["C"] == 1.0
     written = pd.read_csv(tmp_path / "probe.csv")
     assert list(written[["target", "features"]].itertuples(index=False, name=None)) == [
-        ("family", "embedding"), ("family", "pixels"), ("protein", "embedding"), ("protein", "pixels")]
+        ("family", "embedding"), ("family", "pixels"), ("family", "majority"), ("protein", "embedding"),
+        ("protein", "pixels"), ("protein", "majority")]
     assert written["macro_f1"].iloc[0] == pytest.approx(result["family"]["embedding"]["macro_f1"], abs=1e-4)
+    assert written["macro_f1_ci_low"].isna().all()  # no fields of view given: no intervals
+    assert set(probe.PROBE_COLUMNS) - {"<metric>", "<metric>_ci_low / _ci_high", "<metric>_chance"} <= set(written)
 
 
-def test_protein_pixels_are_the_normalized_protein_channel(tiny_store_path):
+def test_crop_pixels_are_the_model_s_normalized_channels(tiny_store_path):
     from cytoself_jax.data.pipeline import normalize_crop
     from cytoself_jax.data.store import open_store
 
     store = open_store(tiny_store_path)
-    x = probe.protein_pixels(store, [3, 5])
     h, w = store.image_shape[:2]
+    x = probe.protein_pixels(store, [3, 5])
     assert x.shape == (2, h * w) and x.dtype == np.float32
     c = store.channel_indices(("protein",))[0]
     np.testing.assert_array_equal(x[1], normalize_crop(store.images[5][..., c:c + 1], ("protein",)).ravel())
+    channels = ("protein", "distance")  # every channel the model reads, in its order
+    x = probe.crop_pixels(store, [3, 5], channels)
+    assert x.shape == (2, h * w * 2)
+    idx = list(store.channel_indices(channels))
+    np.testing.assert_array_equal(x[0], normalize_crop(store.images[3][..., idx], channels).ravel())
+
+
+def _slow_selection(train_x, train_y, val_x, val_y, pixels):
+    """Every setting fitted from scratch as its own pipeline; the best validation macro-F1, first on ties."""
+    from sklearn.metrics import f1_score
+
+    best = None
+    for k in (sorted({min(k, len(train_x) - 1, train_x.shape[1]) for k in probe.PCA_GRID}) if pixels else [None]):
+        for c in sorted(probe.C_GRID):
+            model = probe.pixel_pipeline(k, 0, C=c) if pixels else probe.embedding_pipeline(C=c)
+            predicted = model.fit(train_x, train_y).predict(val_x)
+            score = f1_score(val_y, predicted, labels=np.unique(val_y), average="macro", zero_division=0)
+            if best is None or score > best[0] + 1e-12:
+                best = (score, c, k)
+    return best
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_settings_are_chosen_on_validation_as_a_slow_grid_search_would(pixels):
+    rng = np.random.default_rng(1 + pixels)
+    centres = rng.normal(scale=0.6, size=(3, 40))
+
+    def draw(n):
+        y = np.repeat(["a", "b", "c"], n)
+        return centres[np.searchsorted(["a", "b", "c"], y)] + rng.normal(size=(3 * n, 40)), y
+
+    (train_x, train_y), (val_x, val_y) = draw(20), draw(30)
+    fitted = probe.fit_probe(train_x, train_y, val_x, val_y, pixels=pixels)
+    score, c, k = _slow_selection(train_x, train_y, val_x, val_y, pixels)
+    assert (fitted.C, fitted.pca_components, fitted.selected_on) == (c, k, "val")
+    assert fitted.val_macro_f1 == pytest.approx(score, abs=1e-9)
+    np.testing.assert_array_equal(fitted.classes, ["a", "b", "c"])
+
+
+def test_score_predictions_against_sklearn_with_intervals_and_chance():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(3)
+    truth = np.repeat(["er", "nucleus", "golgi"], [60, 30, 10])
+    predicted = np.where(rng.random(100) < 0.7, truth, rng.choice(["er", "nucleus", "golgi"], 100))
+    fovs = np.array([f"{t}/{i % 10}" for i, t in enumerate(truth)])
+    s = probe.score_predictions(truth, predicted, 4, groups=fovs, strata=truth, n_boot=300)
+    assert s["balanced_accuracy"].value == pytest.approx(balanced_accuracy_score(truth, predicted))
+    assert s["macro_f1"].value == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert s["accuracy"].value == pytest.approx(np.mean(truth == predicted))
+    for score in s.values():
+        assert score.low < score.value < score.high and score.n_groups == 30 and score.n_rows == 100
+    # uniform guess among 4 classes: recall 1/4; F1 per class 2 * share * (1/4) / (share + 1/4)
+    shares = np.array([0.6, 0.3, 0.1])
+    assert s["balanced_accuracy"].chance == s["accuracy"].chance == 0.25
+    assert s["macro_f1"].chance == pytest.approx(np.mean(2 * shares * 0.25 / (shares + 0.25)))
+    bare = probe.score_predictions(truth, predicted, 4)
+    assert np.isnan(bare["accuracy"].low) and bare["accuracy"].value == s["accuracy"].value
+
+
+def test_majority_row_and_run_probes_with_validation(tmp_path):
+    rng = np.random.default_rng(4)
+    proteins = np.repeat([f"P{i}" for i in range(6)], 30)
+    families = np.repeat(["nucleus", "nucleus", "nucleus", "er", "er", "golgi"], 30)
+    fovs = np.array([f"{p}/{i % 3}" for i, p in enumerate(proteins)])
+    centres = rng.normal(scale=4.0, size=(6, 8))
+    embedding = centres[np.repeat(np.arange(6), 30)] + rng.normal(size=(180, 8))
+    pixels = rng.normal(size=(180, 30))
+    part = np.array([f[-1] for f in fovs]).astype(int)  # field 0 train, 1 val, 2 test
+    table = pd.DataFrame({"protein": proteins, "family": families, "fov": fovs})
+    split = {name: part == i for i, name in enumerate(("train", "val", "test"))}
+    features = {name: tuple(x[split[s]] for s in ("train", "val", "test"))
+                for name, x in (("embedding", embedding), ("pixels", pixels))}
+    result = probe.run_probes(tmp_path, features, table[split["train"]], table[split["test"]],
+                              val_table=table[split["val"]], n_boot=100)
+    floor = result["family"]["majority"]
+    assert floor["accuracy"] == pytest.approx(0.5) and floor["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert result["family"]["embedding"]["selected_on"] == "val"
+    assert result["family"]["embedding"]["C"] in probe.C_GRID
+    assert result["family"]["pixels"]["pca_components"] in {16, 30}  # the grid capped at the 30 pixel features
+    emb = result["protein"]["embedding"]["scores"]["balanced_accuracy"]
+    assert emb["value"] > 0.9 and emb["n_groups"] == 6 and emb["low"] <= emb["value"] <= emb["high"]
+    written = pd.read_csv(tmp_path / "probe.csv")
+    assert written.loc[written["features"] == "majority", "test_crops"].tolist() == [60, 60]
+    assert (written["test_fovs"] == 6).all()
+    assert written.loc[written["features"] != "majority", "selected_on"].eq("val").all()
+
+
+def test_transfer_probe_places_unseen_proteins_by_family():
+    rng = np.random.default_rng(5)
+    family_centre = {"nucleus": np.full(6, 3.0), "er": np.full(6, -3.0), "golgi": np.r_[np.full(3, 3.0),
+                                                                                        np.full(3, -3.0)]}
+
+    def crops(fams):
+        x = np.stack([family_centre[f] for f in fams]) + rng.normal(size=(len(fams), 6))
+        return x, np.asarray(fams)
+
+    seen_x, seen_f = crops(["nucleus"] * 40 + ["er"] * 40)
+    val_x, val_f = crops(["nucleus"] * 10 + ["er"] * 10)
+    unseen_x, unseen_f = crops(["nucleus"] * 12 + ["er"] * 12 + ["golgi"] * 5)  # no seen protein is golgi
+    groups = np.array([f"u{i // 4}" for i in range(len(unseen_f))])
+    result = probe.transfer_probe("embedding", seen_x, seen_f, unseen_x, unseen_f, val_x, val_f,
+                                  unseen_groups=groups, n_boot=200)
+    assert (result.test, result.test_unseen, result.classes) == (24, 5, 2)
+    assert result.scores["macro_f1"].value > 0.95 and result.scores["macro_f1"].on.startswith("crops of proteins")

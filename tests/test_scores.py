@@ -272,3 +272,163 @@ def test_progress_bars_can_be_switched_off(capsys):
         scores.knn_accuracy(x, labels, x, labels, k=3, progress=progress)
         err = capsys.readouterr().err
         assert ("average precision" in err and "kNN" in err) if progress else err == ""
+
+
+def _slow_field_aware_ap(sims: np.ndarray, labels: np.ndarray, fovs: np.ndarray) -> np.ndarray:
+    """Per query: candidates are the other rows except those of its label in its field; sklearn's AP over them."""
+    out = np.full(len(labels), np.nan)
+    for i in range(len(labels)):
+        candidates = (np.arange(len(labels)) != i) & ~((labels == labels[i]) & (fovs == fovs[i]))
+        positive = labels[candidates] == labels[i]
+        if positive.any():
+            out[i] = average_precision_score(positive, sims[i, candidates])
+    return out
+
+
+def _integer_rows(rng, n=48):
+    """Rows from a few integer vectors (so similarities tie exactly), labels and fields crossing labels."""
+    codebook = rng.integers(-3, 4, size=(4, 6))
+    x = codebook[rng.integers(0, 4, size=(n, 3))].sum(axis=1)
+    labels = np.array([f"p{i % 4}" for i in range(n)])
+    fovs = np.array([f"f{(i // 4) % 3}" for i in range(n)])  # 3 fields, each holding every label
+    return x, labels, fovs
+
+
+def test_field_aware_average_precision_matches_slow_reference_with_ties():
+    rng = np.random.default_rng(21)
+    x, labels, fovs = _integer_rows(rng)
+    exact_sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    ours = scores.average_precision(x.astype(float), labels, "euclidean", exclude_same=fovs, progress=False)
+    np.testing.assert_allclose(ours, _slow_field_aware_ap(-exact_sq, labels, fovs), rtol=1e-12)
+    xp = np.stack([rng.permutation([5, 3, 3, 1, 1, 1, 0, 0]) for _ in range(48)])
+    ours = scores.average_precision(xp.astype(float), labels, "cosine", exclude_same=fovs, block_rows=7,
+                                    progress=False)
+    np.testing.assert_allclose(ours, _slow_field_aware_ap(xp @ xp.T, labels, fovs), rtol=1e-12)
+    # a label imaged in one field only has no positive
+    single = np.where(labels == "p0", "only", fovs)
+    ours = scores.average_precision(x.astype(float), labels, "euclidean", exclude_same=single, progress=False)
+    assert np.isnan(ours[labels == "p0"]).all() and np.isfinite(ours[labels != "p0"]).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_field_aware_average_precision_equals_copairs(metric):
+    """copairs with pos_sameby=label, pos_diffby=fov, neg_diffby=label, on tie-free data: same APs, same counts."""
+    import pandas as pd
+    from copairs.map import average_precision as copairs_ap
+
+    rng = np.random.default_rng(12)
+    x, labels = blobs(rng, n_classes=5, per_class=12, dim=8, separation=1.0, spread=1.0)
+    fovs = np.array([f"{lab}/{i % 3}" if i % 5 else f"shared{i % 2}" for i, lab in enumerate(labels)])
+    meta = pd.DataFrame({"label": labels, "fov": fovs})
+    theirs = copairs_ap(meta, x, pos_sameby=["label"], pos_diffby=["fov"], neg_sameby=[], neg_diffby=["label"],
+                        distance=metric, progress_bar=False)
+    ours = scores.average_precision(x, labels, metric=metric, exclude_same=fovs, progress=False)
+    np.testing.assert_allclose(ours, theirs["average_precision"].to_numpy(), rtol=1e-6)
+    n_pos, n_total = scores.retrieval_counts(labels, fovs)
+    np.testing.assert_array_equal(n_pos, theirs["n_pos_pairs"].to_numpy())
+    np.testing.assert_array_equal(n_total[n_pos > 0], theirs["n_total_pairs"].to_numpy()[n_pos > 0])
+    per_label = theirs.groupby("label")["average_precision"].mean().mean()
+    assert scores.mean_average_precision(x, labels, metric, progress=False, exclude_same=fovs) == \
+        pytest.approx(per_label, rel=1e-6)
+
+
+def test_field_aware_map_does_not_reward_recognizing_the_field():
+    """Each field adds a strong offset and proteins differ little: same-field positives make plain mAP high,
+    positives from other fields only bring it near chance."""
+    rng = np.random.default_rng(3)
+    proteins = np.repeat([f"P{i}" for i in range(8)], 30)
+    fovs = np.array([f"{p}/{(i // 10) % 3}" for i, p in enumerate(proteins)])  # 3 fields of 10 crops per protein
+    field_offset = {f: rng.normal(scale=5.0, size=16) for f in np.unique(fovs)}
+    x = np.stack([field_offset[f] for f in fovs]) + rng.normal(size=(len(fovs), 16))
+    plain = scores.mean_average_precision(x, proteins, progress=False)
+    aware = scores.mean_average_precision(x, proteins, progress=False, exclude_same=fovs)
+    chance = scores.macro_mean(scores.chance_average_precision(proteins, fovs), proteins)
+    assert plain > 0.3 and aware < chance + 0.1, (plain, aware, chance)
+
+
+def test_retrieval_counts_and_chance_against_enumeration():
+    import itertools
+
+    labels = np.array(["a", "a", "a", "b", "b", "c"])
+    fovs = np.array(["x", "x", "y", "z", "w", "v"])
+    n_pos, n_total = scores.retrieval_counts(labels, fovs)
+    np.testing.assert_array_equal(n_pos, [1, 1, 2, 1, 1, 0])
+    np.testing.assert_array_equal(n_total, [4, 4, 5, 5, 5, 5])
+    n_pos, n_total = scores.retrieval_counts(labels)
+    np.testing.assert_array_equal(n_pos, [2, 2, 2, 1, 1, 0]) and np.testing.assert_array_equal(n_total, [5] * 6)
+
+    def expected(m, t):  # every placement of m positives among t ranks, equally likely
+        aps = [np.mean([(k + 1) / (r + 1) for k, r in enumerate(ranks)])
+               for ranks in itertools.combinations(range(t), m)]
+        return np.mean(aps)
+
+    chance = scores.chance_average_precision(labels, fovs)
+    np.testing.assert_allclose(chance[:5], [expected(1, 4), expected(1, 4), expected(2, 5), expected(1, 5),
+                                            expected(1, 5)], rtol=1e-9)
+    assert np.isnan(chance[5])
+    assert scores.macro_mean([1.0, 0.0, np.nan, 0.5], ["a", "a", "b", "c"]) == pytest.approx(0.5)
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values, written out."""
+    order = np.argsort(p)
+    m = len(p)
+    q = np.empty(m)
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p[i] * m / rank)
+        q[i] = running
+    return q
+
+
+def test_map_significance_p_values_on_exact_nulls_and_bh_q_values():
+    labels = np.array(["a", "a", "b", "b", "c"])
+    fovs = np.array(["f1", "f2", "f3", "f4", "f5"])
+    # ranked rows per query: 4 (everything but itself); one positive
+    ap = np.array([1.0, 0.5, 1.0, 1.0, np.nan])
+    table = scores.map_significance(ap, labels, fovs, null_size=4000, seed=1)
+    assert table["label"].tolist() == ["a", "b"] and table["queries"].tolist() == [2, 2]
+    np.testing.assert_allclose(table["map"], [0.75, 1.0])
+    chance = scores.chance_average_precision(labels, fovs)
+    np.testing.assert_allclose(table["chance"], [chance[:2].mean(), chance[2:4].mean()])
+    # Null AP of one positive among 4 ranked rows: 1, 1/2, 1/3, 1/4 equally likely. copairs gives queries of one
+    # label with the same (n_pos, n_total) the same null samples, so the label's null mAP is one query's null AP
+    # (not the mean of two independent ones, which would exceed 0.75 with probability 1/16): P(> 0.75) = 1/4.
+    assert table["p_value"][0] == pytest.approx(1 / 4, abs=0.025)
+    assert table["p_value"][1] == pytest.approx(1 / 4001)
+    np.testing.assert_allclose(table["q_value"], _bh(table["p_value"].to_numpy()))
+    with pytest.raises(AnalysisInputError, match="compute ap with the same labels and exclude_same"):
+        scores.map_significance(ap, labels, np.array(["f1", "f1", "f3", "f4", "f5"]))
+
+
+def test_map_significance_finds_separated_labels_and_not_noise():
+    rng = np.random.default_rng(4)
+    x, labels = blobs(rng, n_classes=4, per_class=10, dim=5, separation=8.0)
+    labels = labels.copy()
+    noise = np.repeat(["n0", "n1"], 10)
+    x = np.concatenate([x, rng.normal(size=(20, 5))])  # two labels drawn from one distribution
+    labels = np.concatenate([labels, rng.permutation(noise)])
+    fovs = np.array([f"{lab}/{i % 2}" for i, lab in enumerate(labels)])
+    ap = scores.average_precision(x, labels, exclude_same=fovs, progress=False)
+    table = scores.map_significance(ap, labels, fovs, null_size=2000).set_index("label")
+    assert (table.loc[[f"class{j}" for j in range(4)], "q_value"] < 0.01).all()
+    assert (table.loc[["n0", "n1"], "p_value"] > 0.01).all()
+
+
+def test_profile_average_precision_is_map_on_protein_means():
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    proteins = np.repeat([f"P{i}" for i in range(7)], 6)
+    families = np.array(["nucleus", "nucleus", "nucleus", "er", "er", "er", "others"])[
+        np.repeat(np.arange(7), 6)]
+    x = rng.normal(size=(42, 4)) + np.where(families == "er", 2.0, -2.0)[:, None]
+    table = scores.profile_average_precision(x, proteins, families)
+    assert table["protein"].tolist() == [f"P{i}" for i in range(6)]  # 'others' left out
+    means = pd.DataFrame(x).groupby(proteins).mean().to_numpy()[:6]
+    np.testing.assert_allclose(table["average_precision"],
+                               scores.average_precision(means, families[::6][:6], progress=False))
+    np.testing.assert_allclose(table["chance"], scores.chance_average_precision(families[::6][:6]))
+    assert scores.macro_mean(table["average_precision"], table["family"]) == pytest.approx(
+        scores.mean_average_precision(means, families[::6][:6], progress=False))

@@ -2,60 +2,300 @@
 
 The standard evaluation of DINO4Cells and SubCell: logistic regression trained on the train split's embeddings,
 scored on the held-out split (macro-F1 and balanced accuracy, so small classes count as much as large ones).
-Beside it the same probe on PCA of the pixels, the baseline a learned embedding must beat to be worth training
-(bench/pixel_baseline.py uses the same pixel features and pipeline).
+Like for like against the baseline a learned embedding must beat to be worth training: the same probe on PCA of
+the pixels of every channel the model reads, normalized as the model sees them (crop_pixels). Each side gets its
+own regularization C (and the pixel side its number of principal components), chosen on the validation split, so
+neither side is handicapped by a setting tuned for the other. Beside them the majority-class row (always the most
+frequent training class): the floor. Scores carry cluster-bootstrap intervals over fields of view
+(analysis/uncertainty.py). transfer_probe trains on proteins the model saw and tests on proteins it never saw.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
-from cytoself_jax.analysis.scores import NON_CLASSES
+from cytoself_jax.analysis.scores import NON_CLASSES, macro_mean
+from cytoself_jax.analysis.uncertainty import Score, bootstrap_ci, bootstrap_mean_ci
 
-PIXEL_COMPONENTS = 50  # principal components of the pixel baseline
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse L2 regularization strengths tried on validation
+PCA_GRID = (16, 32, 64, 128, 256)  # principal components of the pixel side tried on validation
+DEFAULT_C, PIXEL_COMPONENTS = 1.0, 50  # the settings used when no validation split is given
+METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
+
+
+def crop_pixels(store, rows: Sequence[int], channels: Sequence[str],
+                fit: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """(N, H*W*C) float32 pixels of the store's crops `rows`, channels in the order asked, exactly as the model
+    sees them before augmentation (data.pipeline.StoreSource: `fit` to the model's size, then normalize_crop)."""
+    from cytoself_jax.data.pipeline import StoreSource
+
+    source = StoreSource(store, np.asarray(rows, dtype=np.int64), channels, fit)
+    return np.stack([source[i]["image"].ravel() for i in range(len(source))]) if len(source) else \
+        np.zeros((0, int(np.prod(store.image_shape[:2])) * len(channels)), np.float32)
 
 
 def protein_pixels(store, rows: Sequence[int] | None = None) -> np.ndarray:
-    """(N, H*W) float32 protein-channel pixels of the store's crops `rows` (all by default), normalized as the
-    model sees them (before augmentation)."""
-    from cytoself_jax.data.pipeline import normalize_crop
-
-    c = store.channel_indices(("protein",))[0]
-    rows = range(len(store)) if rows is None else rows
-    return np.stack([normalize_crop(store.images[int(i)][..., c:c + 1], ("protein",)).ravel() for i in rows])
+    """(N, H*W) the protein channel alone (crop_pixels with ('protein',)): the earlier, narrower baseline, kept
+    for bench/pixel_baseline.py and bench/embedding_probe.py; the like-for-like baseline is crop_pixels with the
+    run's channels."""
+    return crop_pixels(store, range(len(store)) if rows is None else rows, ("protein",))
 
 
-def pixel_pipeline(components: int = PIXEL_COMPONENTS, seed: int = 0):
-    """The pixel baseline: standardize pixels, PCA to `components`, logistic regression."""
+def pixel_pipeline(components: int = PIXEL_COMPONENTS, seed: int = 0, C: float = DEFAULT_C):
+    """The pixel baseline with fixed settings: standardize pixels, PCA to `components`, logistic regression."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), PCA(components, random_state=seed), LogisticRegression(max_iter=2000))
+    return make_pipeline(StandardScaler(), PCA(components, random_state=seed), LogisticRegression(C=C, max_iter=2000))
 
 
-def embedding_pipeline():
-    """The linear probe on an embedding: standardize features, logistic regression."""
+def embedding_pipeline(C: float = DEFAULT_C):
+    """The linear probe on an embedding with a fixed C: standardize features, logistic regression."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbe:
+    """A fitted probe: standardize, (pixels: project on the first `pca_components` principal components),
+    logistic regression with inverse regularization C. selected_on: 'val' (C and components chosen by the
+    validation macro-F1, val_macro_f1) or 'defaults' (C=1, 50 components: no validation split given)."""
+
+    scaler: Any
+    pca: Any
+    classifier: Any
+    C: float
+    pca_components: int | None
+    selected_on: str
+    val_macro_f1: float
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        z = self.scaler.transform(x)
+        return z if self.pca is None else self.pca.transform(z)[:, :self.pca_components]
+
+    def predict(self, x) -> np.ndarray:
+        return self.classifier.predict(self.features(np.asarray(x)))
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.classifier.classes_
+
+
+def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Macro-F1 over the classes present in `truth` (a predicted class never true is a false positive only)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0))
+
+
+def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_grid: Sequence[float] = C_GRID,
+              pca_grid: Sequence[int] = PCA_GRID, seed: int = 0) -> LinearProbe:
+    """Fit a linear probe on (train_x (N, d), train_y (N,)), its C (and for pixels the number of principal
+    components) chosen by macro-F1 on (val_x, val_y) (val rows of classes seen in training); ties go to the smaller
+    C and fewer components. Without a validation split: C=1 and 50 components. The components tried are the first k
+    of one PCA fitted on train (capped at train rows - 1 and d); C runs from small to large, each fit starting from
+    the last (the same optimum: the problem is convex), so a grid costs little more than its largest C."""
+    from sklearn.decomposition import PCA
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    where = "fit_probe"
+    train_x = as_matrix(train_x, where, "train_x", flatten=True)
+    train_y = as_labels(train_y, len(train_x), where, "train_y")
+    if len(np.unique(train_y)) < 2:
+        raise fail(where, "train_y", f"expected at least 2 classes to train on, got {list(np.unique(train_y))}")
+    has_val = val_x is not None
+    if has_val:
+        val_x = as_matrix(val_x, where, "val_x", flatten=True)
+        if val_x.shape[1] != train_x.shape[1]:
+            raise fail(where, "val_x", f"expected {train_x.shape[1]} features like train_x, got {val_x.shape[1]}")
+        val_y = as_labels(val_y, len(val_x), where, "val_y")
+        seen = np.isin(val_y, train_y)
+        if not seen.any():
+            raise fail(where, "val_y", "expected validation rows of a class seen in training, found none")
+        val_x, val_y = val_x[seen], val_y[seen]
+    cap = max(1, min(len(train_x) - 1, train_x.shape[1]))
+    grid_k = sorted({min(k, cap) for k in (pca_grid if has_val else (PIXEL_COMPONENTS,))}) if pixels else [None]
+    grid_c = sorted(c_grid) if has_val else [DEFAULT_C]
+    scaler = StandardScaler().fit(train_x)
+    z_train = scaler.transform(train_x)
+    pca = PCA(max(grid_k), random_state=seed).fit(z_train) if pixels else None
+    p_train = pca.transform(z_train) if pixels else z_train
+    p_val = (pca.transform(scaler.transform(val_x)) if pixels else scaler.transform(val_x)) if has_val else None
+    best = None
+    for k in grid_k:
+        classifier = LogisticRegression(max_iter=2000, warm_start=True)
+        for c in grid_c:
+            with warnings.catch_warnings():  # a C of 100 may stop at max_iter; the validation score judges it
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                classifier.set_params(C=c).fit(p_train[:, :k], train_y)
+            score = _macro_f1(val_y, classifier.predict(p_val[:, :k])) if has_val else math.nan
+            if best is None or score > best[0]:
+                best = (score, c, k, copy.deepcopy(classifier))
+    score, c, k, classifier = best
+    return LinearProbe(scaler=scaler, pca=pca, classifier=classifier, C=c, pca_components=k,
+                       selected_on="val" if has_val else "defaults", val_macro_f1=score)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """A probe scored on a test set: scores {macro_f1, balanced_accuracy, accuracy} -> Score (value, 95%
+    interval over `unit`s when groups were given, chance = a uniform guess among the training classes),
+    classes (trained on), train / test crops (test: rows of a class seen in training), test_unseen (rows of a
+    class it never saw, not scored), and the probe's settings (C, pca_components, selected_on, val_macro_f1)."""
+
+    features: str
+    target: str
+    scores: dict
+    classes: int
+    train: int
+    test: int
+    test_unseen: int
+    C: float | None = None
+    pca_components: int | None = None
+    selected_on: str = ""
+    val_macro_f1: float = math.nan
+
+    def summary(self) -> dict:
+        """A JSON-ready dict: the plain values as before (macro_f1, balanced_accuracy, accuracy, classes, train,
+        test, test_unseen, pca_components, C, selected_on, val_macro_f1) and 'scores' with each Score.to_json()."""
+        out = {name: score.value for name, score in self.scores.items()}
+        out.update(classes=self.classes, train=self.train, test=self.test, test_unseen=self.test_unseen,
+                   pca_components=self.pca_components, C=self.C, selected_on=self.selected_on,
+                   val_macro_f1=None if math.isnan(self.val_macro_f1) else self.val_macro_f1,
+                   scores={name: score.to_json() for name, score in self.scores.items()})
+        return out
+
+
+def _chance(truth: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Expected scores of a uniform random guess among n_classes training classes, from the expected confusion
+    counts: recall 1/n per class; macro-F1 over the classes present with precision = the class's share."""
+    share = pd.Series(truth).value_counts(normalize=True).to_numpy()
+    recall = 1.0 / n_classes
+    return {"macro_f1": float(np.mean(2 * share * recall / (share + recall))), "balanced_accuracy": recall,
+            "accuracy": recall}
+
+
+def score_predictions(truth, predicted, n_classes: int, groups=None, strata=None, n_boot: int = 1000, seed: int = 0,
+                on: str = "", unit: str = "fov") -> dict[str, Score]:
+    """Scores of predictions (N,) against truth (N,) (classes seen in training only), each a Score: macro-F1
+    (classes present in truth), balanced accuracy (mean recall per true class) and accuracy, with 95% cluster
+    bootstrap intervals over `groups` (N,) (fields of view; within `strata` (N,), e.g. the family, when given)
+    when groups are given, and chance levels for n_classes training classes."""
+    where = "score_predictions"
+    truth = as_labels(truth, np.size(truth), where, "truth")
+    predicted = as_labels(predicted, len(truth), where, "predicted")
+    if len(truth) == 0:
+        raise fail(where, "truth", "expected at least one test row")
+    correct = (truth == predicted).astype(np.float64)
+    chance = _chance(truth, n_classes)
+    boot = dict(n_boot=n_boot, seed=seed, strata=strata)
+    if groups is None or len(np.unique(as_labels(groups, len(truth), where, "groups"))) < 2:
+        values = {"macro_f1": _macro_f1(truth, predicted), "balanced_accuracy": macro_mean(correct, truth),
+                  "accuracy": float(correct.mean())}
+        n_groups = 0 if groups is None else 1
+        return {m: Score(m, values[m], chance=chance[m], n_rows=len(truth), n_groups=n_groups, on=on, unit=unit)
+                for m in METRICS}
+    intervals = {
+        "macro_f1": bootstrap_ci(lambda rows: _macro_f1(truth[rows], predicted[rows]), groups, **boot),
+        "balanced_accuracy": bootstrap_mean_ci(correct, groups, by=truth, **boot),
+        "accuracy": bootstrap_mean_ci(correct, groups, **boot),
+    }
+    return {m: Score.from_interval(m, intervals[m], n_rows=len(truth), chance=chance[m], on=on, unit=unit)
+            for m in METRICS}
+
+
+def _annotated(labels: np.ndarray, target: str) -> np.ndarray:
+    return ~np.isin(labels, NON_CLASSES) if target == "family" else np.ones(len(labels), bool)
+
+
+def evaluate_probe(features: str, target: str, train_x, train_y, test_x, test_y, val_x=None, val_y=None,
+                   pixels: bool = False, groups=None, n_boot: int = 1000, seed: int = 0, on: str = ""
+                   ) -> ProbeResult:
+    """Fit a probe (fit_probe: C, and PCA size for pixels, chosen on val when given) on train and score it on the
+    test rows of classes seen in training (score_predictions; the others counted in test_unseen). For target 'family',
+    rows labelled NON_CLASSES are left out everywhere and the bootstrap keeps each family's number of fields
+    (strata); groups (N_test,) are the test rows' fields of view."""
+    where = "evaluate_probe"
+    train_y = as_labels(train_y, len(np.asarray(train_y)), where, "train_y")
+    test_y = as_labels(test_y, len(np.asarray(test_y)), where, "test_y")
+    test_x = as_matrix(test_x, where, "test_x", flatten=True)
+    keep_train, keep_test = _annotated(train_y, target), _annotated(test_y, target)
+    val = (None, None)
+    if val_x is not None:
+        val_y = as_labels(val_y, len(np.asarray(val_y)), where, "val_y")
+        keep_val = _annotated(val_y, target)
+        val = (as_matrix(val_x, where, "val_x", flatten=True)[keep_val], val_y[keep_val])
+    train_x = as_matrix(train_x, where, "train_x", flatten=True)
+    probe = fit_probe(train_x[keep_train], train_y[keep_train], *val, pixels=pixels, seed=seed)
+    seen = keep_test & np.isin(test_y, probe.classes)
+    if not seen.any():
+        raise fail(where, "test_y", "expected test rows of a class seen in training, found none")
+    truth = test_y[seen]
+    groups_seen = None if groups is None else as_labels(groups, len(test_y), where, "groups")[seen]
+    scores = score_predictions(truth, probe.predict(test_x[seen]), len(probe.classes), groups_seen,
+                         strata=truth if (target == "family" and groups is not None) else None, n_boot=n_boot,
+                         seed=seed, on=on)
+    return ProbeResult(features=features, target=target, scores=scores, classes=len(probe.classes),
+                       train=int(keep_train.sum()), test=int(seen.sum()), test_unseen=int((keep_test & ~seen).sum()),
+                       C=probe.C, pca_components=probe.pca_components, selected_on=probe.selected_on,
+                       val_macro_f1=probe.val_macro_f1)
+
+
+def majority_probe(target: str, train_y, test_y, groups=None, n_boot: int = 1000, seed: int = 0, on: str = ""
+                   ) -> ProbeResult:
+    """The floor: always predict the most frequent training class (ties: the first by name)."""
+    where = "majority_probe"
+    train_y = as_labels(train_y, len(np.asarray(train_y)), where, "train_y")
+    test_y = as_labels(test_y, len(np.asarray(test_y)), where, "test_y")
+    train_y = train_y[_annotated(train_y, target)]
+    keep_test = _annotated(test_y, target)
+    names, counts = np.unique(train_y, return_counts=True)
+    if len(names) == 0:
+        raise fail(where, "train_y", "expected at least one training row")
+    seen = keep_test & np.isin(test_y, names)
+    if not seen.any():
+        raise fail(where, "test_y", "expected test rows of a class seen in training, found none")
+    truth = test_y[seen]
+    groups_seen = None if groups is None else as_labels(groups, len(test_y), where, "groups")[seen]
+    scores = score_predictions(truth, np.full(len(truth), names[np.argmax(counts)]), len(names), groups_seen,
+                         strata=truth if (target == "family" and groups is not None) else None, n_boot=n_boot,
+                         seed=seed, on=on)
+    return ProbeResult(features="majority", target=target, scores=scores, classes=len(names), train=len(train_y),
+                       test=int(seen.sum()), test_unseen=int((keep_test & ~seen).sum()))
+
+
+def transfer_probe(features: str, seen_x, seen_family, unseen_x, unseen_family, val_x=None, val_family=None,
+                   pixels: bool = False, unseen_groups=None, n_boot: int = 1000, seed: int = 0) -> ProbeResult:
+    """Localization family of proteins the model never saw: a probe fitted on crops of the proteins it trained on
+    (seen_x (N, d), seen_family (N,); C chosen on val_x/val_family, seen proteins' validation crops), scored on
+    crops of the held-out proteins (unseen_x (M, d), unseen_family (M,)), with intervals over unseen_groups (M,)
+    (their fields of view). A held-out protein of a family no seen protein has counts in test_unseen."""
+    return evaluate_probe(features, "family", seen_x, seen_family, unseen_x, unseen_family, val_x, val_family,
+                          pixels=pixels, groups=unseen_groups, n_boot=n_boot, seed=seed,
+                          on="crops of proteins held out of training")
 
 
 def probe_scores(pipeline, train_x, train_labels, test_x, test_labels) -> dict:
-    """Fit `pipeline` on (train_x (N, d), train_labels (N,)) and score it on the test rows whose label occurs in
-    training (a classifier cannot name a class it never saw; the others are counted in 'test_unseen').
+    """Fit a given sklearn `pipeline` on (train_x (N, d), train_labels (N,)) and score it on the test rows whose
+    label occurs in training (the others are counted in 'test_unseen'); for fixed settings (bench scripts).
 
-    Returns macro_f1, balanced_accuracy, accuracy (fractions), classes, train, test, test_unseen.
+    Returns macro_f1, balanced_accuracy, accuracy (fractions, as score_predictions), classes, train, test, test_unseen.
     """
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
     where = "probe_scores"
     train_x = as_matrix(train_x, where, "train_x", flatten=True)
     test_x = as_matrix(test_x, where, "test_x", flatten=True)
@@ -70,37 +310,75 @@ def probe_scores(pipeline, train_x, train_labels, test_x, test_labels) -> dict:
     if not seen.any():
         raise fail(where, "test_labels", "expected test rows of a class seen in training, found none")
     predicted = pipeline.fit(train_x, train_labels).predict(test_x[seen])
-    truth = test_labels[seen]
-    return {"macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro", zero_division=0)),
-            "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
-            "accuracy": float(np.mean(truth == predicted)), "classes": int(len(classes)),
-            "train": int(len(train_x)), "test": int(seen.sum()), "test_unseen": int((~seen).sum())}
+    scores = score_predictions(test_labels[seen], predicted, len(classes))
+    return {**{m: s.value for m, s in scores.items()}, "classes": int(len(classes)), "train": int(len(train_x)),
+            "test": int(seen.sum()), "test_unseen": int((~seen).sum())}
 
 
-def run_probes(out: Path, features: dict[str, tuple[np.ndarray, np.ndarray]], train_table: pd.DataFrame,
-               test_table: pd.DataFrame, targets: Sequence[str] = ("family", "protein"), seed: int = 0) -> dict:
+# probe.csv, one row per (target, features); every score with its interval.
+PROBE_COLUMNS = {
+    "target": "what is predicted: 'family' (annotated localization families only) or 'protein' (identity)",
+    "features": "'embedding' (the model's), 'pixels' (PCA of the model's input pixels), 'majority' (the most "
+                "frequent training class, always)",
+    "trained_on": "the crops the probe was fitted on",
+    "tested_on": "the crops it was scored on",
+    "<metric>": "macro_f1, balanced_accuracy, accuracy on the tested crops (fractions)",
+    "<metric>_ci_low / _ci_high": "95% cluster-bootstrap interval over the tested crops' fields of view (empty "
+                                  "without fields)",
+    "<metric>_chance": "expected score of a uniform random guess among the training classes",
+    "classes": "classes the probe was trained on",
+    "train_crops": "crops it was fitted on",
+    "test_crops": "tested crops of a class seen in training (scored)",
+    "test_fovs": "their fields of view (the bootstrap's unit)",
+    "test_crops_unseen_class": "tested crops of a class never seen in training (not scored)",
+    "C": "inverse L2 regularization of the logistic regression",
+    "pca_components": "principal components of the pixels (pixels only)",
+    "selected_on": "'val': C (and components) chosen by validation macro-F1; 'defaults': C=1, 50 components",
+    "val_macro_f1": "the chosen setting's validation macro-F1",
+}
+
+
+def _csv_row(result: ProbeResult, trained_on: str, tested_on: str) -> dict:
+    row = {"target": result.target, "features": result.features, "trained_on": trained_on, "tested_on": tested_on}
+    for name, s in result.scores.items():
+        row.update({name: s.value, f"{name}_ci_low": s.low, f"{name}_ci_high": s.high, f"{name}_chance": s.chance})
+    some = next(iter(result.scores.values()))
+    row.update(classes=result.classes, train_crops=result.train, test_crops=result.test, test_fovs=some.n_groups,
+               test_crops_unseen_class=result.test_unseen, C=result.C, pca_components=result.pca_components,
+               selected_on=result.selected_on, val_macro_f1=result.val_macro_f1)
+    return row
+
+
+def run_probes(out: Path, features: dict[str, tuple], train_table: pd.DataFrame, test_table: pd.DataFrame,
+               targets: Sequence[str] = ("family", "protein"), seed: int = 0, *, val_table: pd.DataFrame | None = None,
+               n_boot: int = 1000, trained_on: str = "train split", tested_on: str = "test split") -> dict:
     """The probe evaluator: for each target column (family: annotated rows only; protein) and each feature set
-    (name -> (train (N, d), test (M, d)); 'pixels' gets the PCA pipeline, any other the embedding one), fit on
-    train, score on test; writes out/probe.csv and returns {target: {features: scores or None}}.
+    (name -> (train (N, d), test (M, d)) or (train, val (V, d), test) with val_table; 'pixels' gets the PCA side),
+    fit on train (settings chosen on val when given), score on test with intervals over test_table's 'fov'
+    column (when present), plus the majority-class row. Writes out/probe.csv (columns: PROBE_COLUMNS) and returns
+    {target: {features: ProbeResult.summary() or None}} (None: fewer than 2 classes, or no test row of a seen one).
     """
     rows, result = [], {}
+    groups = test_table["fov"].astype(str).to_numpy() if "fov" in test_table else None
     for target in targets:
         train_y = train_table[target].fillna("").astype(str).to_numpy()
         test_y = test_table[target].fillna("").astype(str).to_numpy()
-        keep_train = ~np.isin(train_y, NON_CLASSES) if target == "family" else np.ones(len(train_y), bool)
-        keep_test = ~np.isin(test_y, NON_CLASSES) if target == "family" else np.ones(len(test_y), bool)
+        val_y = None if val_table is None else val_table[target].fillna("").astype(str).to_numpy()
         result[target] = {}
-        for name, (train_x, test_x) in features.items():
-            if len(np.unique(train_y[keep_train])) < 2 or not np.isin(test_y[keep_test], train_y[keep_train]).any():
-                result[target][name] = None
-                continue
-            components = min(PIXEL_COMPONENTS, int(keep_train.sum()) - 1, train_x.shape[1])
-            pipeline = pixel_pipeline(components, seed) if name == "pixels" else embedding_pipeline()
-            scores = probe_scores(pipeline, train_x[keep_train], train_y[keep_train], test_x[keep_test],
-                                  test_y[keep_test])
-            if name == "pixels":
-                scores["pca_components"] = components
-            result[target][name] = scores
-            rows.append({"target": target, "features": name, **scores})
+        keep_train, keep_test = _annotated(train_y, target), _annotated(test_y, target)
+        if len(np.unique(train_y[keep_train])) < 2 or not np.isin(test_y[keep_test], train_y[keep_train]).any():
+            result[target] = {name: None for name in (*features, "majority")}
+            continue
+        for name, arrays in features.items():
+            train_x, test_x = arrays[0], arrays[-1]
+            val_x = arrays[1] if len(arrays) == 3 and val_table is not None else None
+            probe = evaluate_probe(name, target, train_x, train_y, test_x, test_y, val_x,
+                                   val_y if val_x is not None else None, pixels=name == "pixels", groups=groups,
+                                   n_boot=n_boot, seed=seed, on=tested_on)
+            result[target][name] = probe.summary()
+            rows.append(_csv_row(probe, trained_on, tested_on))
+        floor = majority_probe(target, train_y, test_y, groups=groups, n_boot=n_boot, seed=seed, on=tested_on)
+        result[target]["majority"] = floor.summary()
+        rows.append(_csv_row(floor, trained_on, tested_on))
     pd.DataFrame(rows).to_csv(Path(out) / "probe.csv", index=False, float_format="%.4f")
     return result

@@ -1,10 +1,12 @@
 """Scores of an embedding: the paper's clustering score (on UMAPs), kNN and classifier top-k accuracy, and
-retrieval mean average precision. numpy in, floats out."""
+retrieval mean average precision (crop level, optionally with positives from other fields only; protein level;
+per-label significance with copairs). numpy in, floats and tables out."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, check_choice, fail
@@ -112,28 +114,14 @@ def _pessimistic_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(known, ranks, scores.shape[1])
 
 
-def knn_accuracy(
-    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
-    batch_size: int = 4096, progress: bool = True,
-) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy of a k-nearest-neighbour vote: each test embedding (flattened) gets the labels of
-    its k nearest train embeddings; classes are ranked by vote count (ties counted against, see classifier_topk).
-    Test labels absent from the train labels are misses. Returns (top1, top5) fractions.
-    """
-    ranks = knn_ranks(train_emb, train_labels, test_emb, test_labels, k, metric, batch_size, progress)
-    return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
-
-
-def knn_ranks(
-    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
-    batch_size: int = 4096, progress: bool = True,
-) -> np.ndarray:
-    """Per test row, the rank of its true label in the k-nearest-neighbour vote (see knn_accuracy): how many other
-    classes got >= its votes; a label absent from the train labels ranks len(classes). Row i is a top-k hit when
-    ranks[i] < k. Returns (N_test,) int."""
+def knn_neighbour_labels(
+    train_emb, train_labels, test_emb, k: int = 10, metric: str = "euclidean", batch_size: int = 4096,
+    progress: bool = True, where: str = "knn_neighbour_labels",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of each test embedding's k nearest train embeddings (both flattened per row): (classes (C,) the
+    sorted distinct train labels, ids (M, k) int64 index into classes, nearest first)."""
     from sklearn.neighbors import NearestNeighbors
 
-    where = "knn_accuracy"
     train = as_matrix(train_emb, where, "train_emb", flatten=True)
     test = as_matrix(test_emb, where, "test_emb", flatten=True)
     if train.shape[1] != test.shape[1]:
@@ -141,27 +129,59 @@ def knn_ranks(
     if not 1 <= k <= len(train):
         raise fail(where, "k", f"expected 1 <= k <= {len(train)} (train size), got {k}")
     classes, train_ids = np.unique(as_labels(train_labels, len(train), where, "train_labels"), return_inverse=True)
-    test_labels = as_labels(test_labels, len(test), where, "test_labels")
-    pos = np.searchsorted(classes, test_labels).clip(max=len(classes) - 1)
-    test_ids = np.where(classes[pos] == test_labels, pos, -1)
-
     index = NearestNeighbors(n_neighbors=k, metric=metric).fit(train)
-    ranks = []
+    ids = np.empty((len(test), k), np.int64)
     for start in tqdm(range(0, len(test), batch_size), desc="kNN", unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, len(test))
-        neighbours = index.kneighbors(test[start:stop], return_distance=False)
-        votes = np.zeros((stop - start, len(classes)))
-        np.add.at(votes, (np.arange(stop - start)[:, None], train_ids[neighbours]), 1.0)
-        ranks.append(_pessimistic_ranks(votes, test_ids[start:stop]))
-    return np.concatenate(ranks)
+        ids[start:stop] = train_ids[index.kneighbors(test[start:stop], return_distance=False)]
+    return classes, ids
+
+
+def knn_votes(ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """Vote counts (M, num_classes) float64 of neighbour class ids (M, k)."""
+    votes = np.zeros((len(ids), num_classes))
+    np.add.at(votes, (np.arange(len(ids))[:, None], ids), 1.0)
+    return votes
+
+
+def knn_ranks(
+    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
+    batch_size: int = 4096, progress: bool = True, where: str = "knn_ranks",
+) -> np.ndarray:
+    """Per test row (M,), how many other classes get >= the votes of its true class among its k nearest train
+    rows (0 = a top-1 hit; ties counted against, see classifier_topk); the number of classes for a test label
+    absent from the train labels."""
+    classes, ids = knn_neighbour_labels(train_emb, train_labels, test_emb, k, metric, batch_size, progress, where)
+    test_labels = as_labels(test_labels, len(ids), where, "test_labels")
+    pos = np.searchsorted(classes, test_labels).clip(max=len(classes) - 1)
+    test_ids = np.where(classes[pos] == test_labels, pos, -1)
+    return np.concatenate([_pessimistic_ranks(knn_votes(ids[i:i + batch_size], len(classes)),
+                                              test_ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)])
+
+
+def knn_accuracy(
+    train_emb, train_labels, test_emb, test_labels, k: int = 10, metric: str = "euclidean",
+    batch_size: int = 4096, progress: bool = True,
+) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy of a k-nearest-neighbour vote: each test embedding (flattened) gets the labels of
+    its k nearest train embeddings; classes are ranked by vote count (ties counted against, see classifier_topk).
+    Test labels absent from the train labels are misses. Returns (top1, top5) fractions (knn_ranks per row).
+    """
+    ranks = knn_ranks(train_emb, train_labels, test_emb, test_labels, k, metric, batch_size, progress,
+                      where="knn_accuracy")
+    return float(np.mean(ranks < 1)), float(np.mean(ranks < 5))
 
 
 def average_precision(embeddings, labels, metric: str = "cosine", block_rows: int | None = None,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, exclude_same=None) -> np.ndarray:
     """Retrieval average precision of each embedding (N, ...) (flattened) as a query against all others.
 
-    Positives are the other rows with the same label, negatives all rows with another label; the rest of the
-    data set is ranked by similarity (cosine, or minus Euclidean distance) and
+    Positives are the other rows with the same label, negatives all rows with another label. With
+    ``exclude_same`` (N,) (e.g. the field of view), rows sharing the query's label *and* its exclude_same value
+    are neither positives nor negatives: positives come from other fields only, as image-based profiling scores
+    replicates (copairs' pos_sameby=label, pos_diffby=fov, neg_diffby=label), so a score cannot be earned by
+    recognizing the field rather than the protein. The rest of the data set is ranked by similarity (cosine, or
+    minus Euclidean distance) and
     AP = (1/P) sum over positives p of precision at p (positives among the rows ranked at or above p / their number),
     the definition of the image-profiling tools (copairs, cytominer-eval); tests/test_scores.py checks it equal
     to copairs' on tie-free inputs. Ties are resolved as in sklearn.metrics.average_precision_score: rows with
@@ -176,6 +196,8 @@ def average_precision(embeddings, labels, metric: str = "cosine", block_rows: in
     check_choice(metric, ("cosine", "euclidean"), where, "metric")
     x = as_matrix(embeddings, where, "embeddings", flatten=True, min_rows=2).astype(np.float64)
     labels = np.unique(as_labels(labels, len(x), where, "labels"), return_inverse=True)[1]
+    same = None if exclude_same is None else np.unique(as_labels(exclude_same, len(x), where, "exclude_same"),
+                                                       return_inverse=True)[1]
     if metric == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         if np.any(norms == 0):
@@ -195,8 +217,51 @@ def average_precision(embeddings, labels, metric: str = "cosine", block_rows: in
         sims[np.arange(len(rows)), rows] = -np.inf  # the query itself ranks last and is never a positive
         positive = labels[None, :] == labels[rows, None]
         positive[np.arange(len(rows)), rows] = False
+        if same is not None:  # same label, same field: ranked last with the query, neither positive nor negative
+            excluded = positive & (same[None, :] == same[rows, None])
+            sims[excluded] = -np.inf
+            positive &= ~excluded
         out[rows] = _ap_rows(sims, positive, TIE_TOLERANCE * scale)
     return out
+
+
+def retrieval_counts(labels, exclude_same=None) -> tuple[np.ndarray, np.ndarray]:
+    """(n_pos, n_total): int64 (N,) each, the positives and the ranked rows (positives + negatives) of each query
+    as average_precision defines them (n_total = N - 1 without exclude_same)."""
+    where = "retrieval_counts"
+    labels = as_labels(labels, np.size(labels), where, "labels")
+    label = np.unique(labels, return_inverse=True)[1]
+    per_label = np.bincount(label)[label]
+    if exclude_same is None:
+        return per_label - 1, np.full(len(labels), len(labels) - 1, np.int64)
+    same = np.unique(as_labels(exclude_same, len(labels), where, "exclude_same"), return_inverse=True)[1]
+    pair = np.unique(np.stack([label, same], axis=1), axis=0, return_inverse=True)[1].ravel()
+    per_pair = np.bincount(pair)[pair]  # the query and the rows it excludes
+    return (per_label - per_pair).astype(np.int64), (len(labels) - per_pair).astype(np.int64)
+
+
+def chance_average_precision(labels, exclude_same=None) -> np.ndarray:
+    """Expected AP of each query (N,) under a random ranking (copairs' exact formula, which exceeds the fraction of
+    positives for small lists); NaN where a query has no positive. Its macro_mean over labels is the chance level
+    of mean_average_precision."""
+    from copairs.map.normalization import expected_ap
+
+    n_pos, n_total = retrieval_counts(labels, exclude_same)
+    configs, inverse = np.unique(np.stack([n_pos, n_total], axis=1), axis=0, return_inverse=True)
+    values = np.array([expected_ap(int(m), int(t - m)) if m > 0 else np.nan for m, t in configs])
+    return values[inverse.ravel()]
+
+
+def macro_mean(values, labels) -> float:
+    """Mean over labels of each label's mean of the finite values (N,); labels without one are left out. NaN when
+    no value is finite."""
+    values = np.asarray(values, dtype=np.float64)
+    labels = as_labels(labels, len(values), "macro_mean", "labels")
+    valid = np.isfinite(values)
+    if not valid.any():
+        return float("nan")
+    inverse = np.unique(labels[valid], return_inverse=True)[1]
+    return float(np.mean(np.bincount(inverse, weights=values[valid]) / np.bincount(inverse)))
 
 
 # Similarities closer than this (relative to their bound) are a tie: float64 products of equal vectors differ
@@ -214,7 +279,8 @@ def _ap_rows(sims: np.ndarray, positive: np.ndarray, tolerance: float) -> np.nda
     cum_pos = np.cumsum(pos, axis=1)
     # Each position's tie group ends at the next index whose successor has a clearly lower similarity.
     last = np.ones((b, n), bool)
-    last[:, :-1] = s[:, :-1] - s[:, 1:] > tolerance  # the query's -inf, alone at the end, never ties
+    with np.errstate(invalid="ignore"):  # -inf - -inf: the query and excluded rows, all ranked last, tie
+        last[:, :-1] = s[:, :-1] - s[:, 1:] > tolerance
     end = np.where(last, np.arange(n), n - 1)
     end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
     precision = np.take_along_axis(cum_pos, end, axis=1) / (end + 1)
@@ -223,14 +289,84 @@ def _ap_rows(sims: np.ndarray, positive: np.ndarray, tolerance: float) -> np.nda
         return np.where(n_pos > 0, np.sum(precision * pos, axis=1) / n_pos, np.nan)
 
 
-def mean_average_precision(embeddings, labels, metric: str = "cosine", progress: bool = True) -> float:
-    """Mean average precision: AP per query (see average_precision), averaged within each label (copairs'
-    per-group mAP), then over labels, so large classes do not dominate. Queries without positives are skipped."""
+def mean_average_precision(embeddings, labels, metric: str = "cosine", progress: bool = True,
+                           exclude_same=None) -> float:
+    """Mean average precision: AP per query (see average_precision, with exclude_same), averaged within each
+    label (copairs' per-group mAP), then over labels (macro_mean), so large classes do not dominate. Queries
+    without positives are skipped."""
     labels = as_labels(labels, len(np.asarray(embeddings)), "mean_average_precision", "labels")
-    ap = average_precision(embeddings, labels, metric, progress=progress)
-    valid = ~np.isnan(ap)
-    if not np.any(valid):
-        raise fail("mean_average_precision", "labels", "expected at least one label shared by two rows")
-    inverse = np.unique(labels[valid], return_inverse=True)[1]
-    per_label = np.bincount(inverse, weights=ap[valid]) / np.bincount(inverse)
-    return float(np.mean(per_label))
+    ap = average_precision(embeddings, labels, metric, progress=progress, exclude_same=exclude_same)
+    if not np.any(np.isfinite(ap)):
+        raise fail("mean_average_precision", "labels", "expected at least one label shared by two rows"
+                   + (" in different fields (exclude_same)" if exclude_same is not None else ""))
+    return macro_mean(ap, labels)
+
+
+def map_significance(ap, labels, exclude_same=None, null_size: int = 10_000, seed: int = 0,
+                     cache_dir: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """Per label: is its mAP above chance? ``ap`` (N,) from average_precision(..., exclude_same=exclude_same) on
+    the same rows, labels (N,). copairs' own test (copairs.map.mean_average_precision): per query a null
+    distribution of AP under random rankings of its n_pos positives among n_total rows (null_size samples), the
+    label's null mAP the mean of its queries', p = (1 + #null mAP > observed) / (1 + null_size), and
+    Benjamini-Hochberg q-values over the labels. Our tie-correct APs go in, so ties never pass as matches.
+    copairs gives a label's queries with the same (n_pos, n_total) the same null samples, so its null mAP is as
+    spread as one such query's AP, not narrowed by averaging independent queries: conservative p-values (tested).
+
+    Returns a DataFrame sorted by label: label, map, chance (mean expected AP of its queries), p_value, q_value,
+    queries (with a positive). Cost: one (null_size, n_total) permutation per distinct (n_pos, n_total); the null
+    distributions are cached in ``cache_dir`` (default: a temporary folder, removed after).
+    """
+    import tempfile
+
+    from copairs.map import mean_average_precision as copairs_map
+    from copairs.map.normalization import normalize_ap
+
+    where = "map_significance"
+    ap = np.asarray(ap, dtype=np.float64)
+    labels = as_labels(labels, len(ap), where, "labels")
+    n_pos, n_total = retrieval_counts(labels, exclude_same)
+    valid = np.isfinite(ap) & (n_pos > 0)
+    if not valid.any():
+        raise fail(where, "ap", "expected at least one query with a positive and a finite AP")
+    if np.any(np.isfinite(ap) & (n_pos == 0)):
+        raise fail(where, "exclude_same", "ap has values for queries without positives: compute ap with the same "
+                   "labels and exclude_same")
+    frame = pd.DataFrame({"label": labels[valid], "average_precision": ap[valid], "n_pos_pairs": n_pos[valid],
+                          "n_total_pairs": n_total[valid],
+                          "chance": chance_average_precision(labels, exclude_same)[valid]})
+    frame["normalized_average_precision"] = normalize_ap(frame["average_precision"].to_numpy(),
+                                                         frame["n_pos_pairs"].to_numpy(),
+                                                         (frame["n_total_pairs"] - frame["n_pos_pairs"]).to_numpy())
+    with tempfile.TemporaryDirectory(prefix="copairs-") as tmp:
+        result = copairs_map(frame, sameby=["label"], null_size=null_size, threshold=0.05, seed=seed,
+                             progress_bar=progress, cache_dir=cache_dir or tmp)
+    stats = frame.groupby("label").agg(chance=("chance", "mean"), queries=("chance", "size"))
+    out = result.set_index("label").join(stats)
+    return pd.DataFrame({"label": out.index.to_numpy(), "map": out["mean_average_precision"].to_numpy(),
+                         "chance": out["chance"].to_numpy(), "p_value": out["p_value"].to_numpy(),
+                         "q_value": out["corrected_p_value"].to_numpy(), "queries": out["queries"].to_numpy()}
+                        ).sort_values("label", kind="stable").reset_index(drop=True)
+
+
+def profile_average_precision(embeddings, proteins, families, metric: str = "cosine") -> pd.DataFrame:
+    """Family retrieval at protein level: each annotated protein's mean profile (neighbours.protein_profiles) as
+    a query against the other annotated proteins' profiles, positives those of its family (the most frequent
+    family of its crops; NON_CLASSES left out). embeddings (N, ...), proteins and families (N,) per crop.
+
+    Returns one row per annotated protein: protein, family, average_precision (NaN when the family has no other
+    protein), chance (chance_average_precision). The protein-level family mAP is macro_mean(average_precision,
+    family); its interval bootstrap_mean_ci(average_precision, protein, by=family) (proteins as the unit).
+    """
+    from cytoself_jax.analysis.neighbours import protein_families, protein_profiles
+
+    names, profiles = protein_profiles(embeddings, proteins)
+    family_of = protein_families(proteins, families)
+    family = np.array([family_of[p] for p in names], dtype=object).astype(str)
+    keep = ~np.isin(family, list(NON_CLASSES))
+    if keep.sum() < 2:
+        raise fail("profile_average_precision", "families", f"expected at least 2 annotated proteins, found "
+                   f"{int(keep.sum())}")
+    return pd.DataFrame({"protein": names[keep], "family": family[keep],
+                         "average_precision": average_precision(profiles[keep], family[keep], metric,
+                                                                progress=False),
+                         "chance": chance_average_precision(family[keep])})

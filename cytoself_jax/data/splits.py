@@ -52,8 +52,9 @@ def split_by_field(table: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 
     name), and assigned whole to the splits, aiming at ``fractions`` by crop count, at least one field per split
     (with a positive fraction) when the protein has >= 3 fields. ``fold`` rotates the shuffled order by ``fold``
     places before the assignment (fold 0: no rotation), so that folds 0..F-1 of a protein with F fields give each
-    field each place once: with 4 fields and (0.8, 0.1, 0.1) every field is the test field in exactly one fold. A protein with a single field raises SplitError
-    unless ``allow_single_field``, in which case its crops go to train only (with a warning). Deterministic: the
+    field each place once: with 4 fields and (0.8, 0.1, 0.1) every field is the test field in exactly one fold.
+    A protein with a single field raises SplitError unless ``allow_single_field``, in which case its crops go to
+    train only (with a warning). Deterministic: the
     result depends on ``seed`` and the table's contents, not on row order of other proteins. ``where`` names the
     table in error messages (e.g. its file).
     """
