@@ -215,8 +215,12 @@ def test_eval_writes_sane_outputs(tiny_run, evaluated):
     assert m["complexes"]["scored"] == 1 and m["complexes"]["permutations"] == 99
     probes = pd.read_csv(out / "probe.csv")
     assert set(zip(probes["target"], probes["features"])) == {(t, f) for t in ("family", "protein")
-                                                               for f in ("embedding", "pixels")}
-    assert probes["test"].eq(len(test_rows)).all() and probes["train"].eq(len(tiny_run["splits"]["train"])).all()
+                                                               for f in ("embedding", "pixels", "majority")}
+    assert probes["test_crops"].eq(len(test_rows)).all()
+    assert probes["train_crops"].eq(len(tiny_run["splits"]["train"])).all()
+    # The majority-class floor predicts one class: its balanced accuracy is exactly 1 / classes.
+    floor = probes.set_index(["target", "features"]).loc[("protein", "majority")]
+    assert floor["balanced_accuracy"] == pytest.approx(1 / floor["classes"])
     # The planted blobs (a protein's bright spot at its own position) are linearly readable from pixels.
     assert m["probe"]["protein"]["pixels"]["balanced_accuracy"] > 0.9
     text = (out / "metrics.md").read_text()
@@ -322,15 +326,20 @@ def test_eval_scores_agree_with_independent_recomputation(tiny_run, evaluated):
     for row, truth in zip(x, proteins):
         nearest = np.argsort(((train - row) ** 2).sum(axis=1), kind="stable")[:10]
         votes = pd.Series(train_p[nearest]).value_counts()
-        hits.append(votes.get(truth, 0) > votes.drop(truth, errors="ignore").max(initial=0))
+        rivals = votes.drop(truth, errors="ignore")
+        hits.append(votes.get(truth, 0) > (rivals.max() if len(rivals) else 0))
     assert scores["knn.top1"]["value"] == pytest.approx(np.mean(hits))
-    # mAP same family: sklearn's AP per query on cosine similarity, averaged per family then over families
+    # mAP same family: sklearn's AP per annotated query on cosine similarity against the annotated crops of other
+    # proteins (its own protein's crops are neither positive nor negative), averaged per family then over families
+    annotated = np.isin(families, sorted(set(families) - {"", "nan", "others", "mixed"}))
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    ap = []
-    for i in range(len(x)):
-        others = np.arange(len(x)) != i
-        ap.append(average_precision_score(families[others] == families[i], (unit[others] @ unit[i])))
-    per_family = pd.Series(ap).groupby(families).mean()
+    ap, queried = [], []
+    for i in np.flatnonzero(annotated):
+        others = annotated & (proteins != proteins[i])
+        if (families[others] == families[i]).any():
+            ap.append(average_precision_score(families[others] == families[i], unit[others] @ unit[i]))
+            queried.append(families[i])
+    per_family = pd.Series(ap).groupby(np.array(queried)).mean()
     assert scores["map.family"]["value"] == pytest.approx(per_family.mean())
     # every interval brackets its value, and metrics.md renders every record
     text = (out / "metrics.md").read_text()

@@ -52,8 +52,7 @@ from cytoself_jax.data import store as store_lib
 from cytoself_jax.data.pipeline import make_dataset
 from cytoself_jax.data.splits import SplitError, split_by_field
 from cytoself_jax.data.store import PIXEL_CHECK_FILE, StoreError, open_store, verify_pixels, write_store
-from cytoself_jax.analysis.common import AnalysisInputError
-from cytoself_jax.curves import read_metrics
+from cytoself_jax.curves import CurvesError, read_metrics
 from cytoself_jax.analysis.report import EvalError, _check_checkpoint
 from cytoself_jax.jsonio import JsonFileError
 from cytoself_jax import mesh as mesh_lib
@@ -719,7 +718,7 @@ def test_a_partial_last_metrics_line_is_tolerated(tmp_path, tiny_store_path, ref
     # a damaged line that is not the last is an error naming the file and the line
     lines = complete.splitlines(keepends=True)
     (run / "metrics.jsonl").write_text("".join(lines[:2]) + "{oops\n" + "".join(lines[2:]))
-    with pytest.raises(AnalysisInputError, match=rf"read_metrics: {re.escape(str(run / 'metrics.jsonl'))}: line 3: "
+    with pytest.raises(CurvesError, match=rf"read_metrics: {re.escape(str(run / 'metrics.jsonl'))}: line 3: "
                                                  r"not valid JSON \(Expecting property name enclosed"):
         read_metrics(run / "metrics.jsonl")
 

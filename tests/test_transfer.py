@@ -38,7 +38,7 @@ def test_crop_transfer_matches_a_brute_force_vote():
     per_family = [hits[unseen_f[:22] == f].mean() for f in ("er", "golgi", "nucleus")]
     assert s["balanced_accuracy"].value == pytest.approx(np.mean(per_family))
     assert per_family[1] == 0 and s["top1_accuracy"].chance == 0.5
-    assert s["top1_accuracy"].n_rows == 22 and s["top1_accuracy"].n_groups == 5
+    assert s["top1_accuracy"].n == 22 and s["top1_accuracy"].groups == 5
     assert s["top1_accuracy"].low <= s["top1_accuracy"].value <= s["top1_accuracy"].high
 
 
@@ -56,9 +56,9 @@ def test_protein_transfer_votes_of_nearest_profiles_and_ties():
     # 45 degrees: A2 (20) and B2 (70) are equally near: one vote each, a tie, never a hit
     assert table.loc["U_between", "predicted"] == "er|nucleus" and not table.loc["U_between", "hit"]
     assert table.loc["U_near_A", "votes"] == "nucleus:2"
-    assert s["top1_accuracy"].value == pytest.approx(1 / 3) and s["top1_accuracy"].unit == "protein"
+    assert s["top1_accuracy"].value == pytest.approx(1 / 3) and s["top1_accuracy"].interval.endswith("over proteins")
     assert s["balanced_accuracy"].value == pytest.approx((0.5 + 0.0) / 2)  # nucleus 1 of 2, er 0 of 1
-    assert s["top1_accuracy"].n_groups == 3
+    assert s["top1_accuracy"].groups == 3
 
 
 def test_nearest_known_proteins_match_a_cosine_ranking():

@@ -1,4 +1,4 @@
-"""Cluster bootstrap intervals over fields of view, and the Score record."""
+"""Cluster bootstrap intervals over fields of view, and the Score record built from one."""
 import dataclasses
 import json
 import math
@@ -9,7 +9,8 @@ import pytest
 
 from cytoself_jax.analysis.common import AnalysisInputError
 from cytoself_jax.analysis.scores import average_precision, mean_average_precision
-from cytoself_jax.analysis.uncertainty import Interval, Score, bootstrap_ci, bootstrap_mean_ci
+from cytoself_jax.analysis.records import Score
+from cytoself_jax.analysis.uncertainty import Interval, bootstrap_ci, bootstrap_mean_ci
 
 
 def _clustered(rng, n_groups=40, mean=3.0, between=1.0, within=1.0):
@@ -106,16 +107,19 @@ def test_bad_input_is_one_line():
         bootstrap_mean_ci([1.0, 2.0], ["f"])
 
 
-def test_score_record_to_json_and_text():
+def test_score_from_an_interval_carries_its_bounds_groups_and_unit():
     ci = Interval(value=0.41234, low=0.37, high=0.455, n_boot=1000, n_groups=40)
-    score = Score.from_interval("map_protein", ci, n_rows=400, chance=0.025, on="test split, global embedding")
+    score = Score.from_interval("retrieval.map_protein", "mAP", ci, basis="test split, global embedding",
+                                chance=0.025, n=400)
     record = score.to_json()
-    assert record == {"name": "map_protein", "value": 0.41234, "low": 0.37, "high": 0.455, "chance": 0.025,
-                      "n_rows": 400, "n_groups": 40, "on": "test split, global embedding", "unit": "fov",
-                      "level": 0.95, "n_boot": 1000}
-    assert score.text() == "0.412 [0.370, 0.455] (chance 0.025; 400 rows, 40 fov)"
-    bare = Score("macro_f1", 0.5)
-    assert json.loads(json.dumps(bare.to_json()))["low"] is None and math.isnan(bare.low)
-    assert bare.text(2) == "0.50"
+    assert record["value"] == 0.41234 and (record["low"], record["high"]) == (0.37, 0.455)
+    assert record["groups"] == 40 and record["n"] == 400 and record["chance"] == 0.025
+    assert record["interval"] == "95% CI, bootstrap over fields of view"
+    assert score.value_text() == "0.412 [0.370, 0.455]"
+    assert score.meaning_text() == ("test split, global embedding; chance 0.025; n = 400 in 40 fields; "
+                                    "[95% CI, bootstrap over fields of view]")
+    empty = Score.from_interval("x", "x", Interval(0.5, math.nan, math.nan, 0, 1), unit="proteins")
+    assert json.loads(json.dumps(empty.to_json()))["low"] is None and empty.value_text() == "0.500"
+    assert empty.interval == "95% CI, bootstrap over proteins"
     with pytest.raises(dataclasses.FrozenInstanceError):
         score.value = 1.0

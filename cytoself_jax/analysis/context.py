@@ -117,6 +117,18 @@ class EvalContext:
             return rows, self.embed_rows(rows, "train crops (reference)")
         return self.cached("reference", compute)
 
+    def validation(self) -> tuple[np.ndarray, SplitOutputs] | None:
+        """(store rows, embeddings) of the val split (at most probe_max_crops, seeded) on which probes choose their
+        settings; None when the evaluated split is val itself (choosing on it would score the choice) or empty."""
+        val = self.splits.get("val") if self.splits else None
+        if self.options.split != "test" or val is None or len(val) == 0:
+            return None
+
+        def compute():
+            rows = val[subsample(len(val), self.options.probe_max_crops, self.options.seed)]
+            return rows, self.embed_rows(rows, "val crops (probe settings)")
+        return self.cached("validation", compute)
+
     def unseen(self) -> tuple[np.ndarray, SplitOutputs] | None:
         """(store rows, embeddings) of every crop of the proteins held out of training; None when none were."""
         if not self.heldout or not self.splits:

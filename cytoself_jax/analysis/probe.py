@@ -23,7 +23,8 @@ import pandas as pd
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
 from cytoself_jax.analysis.scores import NON_CLASSES, macro_mean
-from cytoself_jax.analysis.uncertainty import Score, bootstrap_ci, bootstrap_mean_ci
+from cytoself_jax.analysis.records import Score
+from cytoself_jax.analysis.uncertainty import bootstrap_ci, bootstrap_mean_ci
 
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse L2 regularization strengths tried on validation
 PCA_GRID = (16, 32, 64, 128, 256)  # principal components of the pixel side tried on validation
@@ -191,7 +192,7 @@ def _chance(truth: np.ndarray, n_classes: int) -> dict[str, float]:
 
 
 def score_predictions(truth, predicted, n_classes: int, groups=None, strata=None, n_boot: int = 1000, seed: int = 0,
-                on: str = "", unit: str = "fov") -> dict[str, Score]:
+                on: str = "", unit: str = "fields of view") -> dict[str, Score]:
     """Scores of predictions (N,) against truth (N,) (classes seen in training only), each a Score: macro-F1
     (classes present in truth), balanced accuracy (mean recall per true class) and accuracy, with 95% cluster
     bootstrap intervals over `groups` (N,) (fields of view; within `strata` (N,), e.g. the family, when given)
@@ -207,15 +208,14 @@ def score_predictions(truth, predicted, n_classes: int, groups=None, strata=None
     if groups is None or len(np.unique(as_labels(groups, len(truth), where, "groups"))) < 2:
         values = {"macro_f1": _macro_f1(truth, predicted), "balanced_accuracy": macro_mean(correct, truth),
                   "accuracy": float(correct.mean())}
-        n_groups = 0 if groups is None else 1
-        return {m: Score(m, values[m], chance=chance[m], n_rows=len(truth), n_groups=n_groups, on=on, unit=unit)
-                for m in METRICS}
+        return {m: Score(m, m, values[m], basis=on, chance=chance[m], n=len(truth),
+                         groups=None if groups is None else 1) for m in METRICS}
     intervals = {
         "macro_f1": bootstrap_ci(lambda rows: _macro_f1(truth[rows], predicted[rows]), groups, **boot),
         "balanced_accuracy": bootstrap_mean_ci(correct, groups, by=truth, **boot),
         "accuracy": bootstrap_mean_ci(correct, groups, **boot),
     }
-    return {m: Score.from_interval(m, intervals[m], n_rows=len(truth), chance=chance[m], on=on, unit=unit)
+    return {m: Score.from_interval(m, m, intervals[m], unit=unit, basis=on, chance=chance[m], n=len(truth))
             for m in METRICS}
 
 
@@ -343,7 +343,7 @@ def _csv_row(result: ProbeResult, trained_on: str, tested_on: str) -> dict:
     for name, s in result.scores.items():
         row.update({name: s.value, f"{name}_ci_low": s.low, f"{name}_ci_high": s.high, f"{name}_chance": s.chance})
     some = next(iter(result.scores.values()))
-    row.update(classes=result.classes, train_crops=result.train, test_crops=result.test, test_fovs=some.n_groups,
+    row.update(classes=result.classes, train_crops=result.train, test_crops=result.test, test_fovs=some.groups,
                test_crops_unseen_class=result.test_unseen, C=result.C, pca_components=result.pca_components,
                selected_on=result.selected_on, val_macro_f1=result.val_macro_f1)
     return row

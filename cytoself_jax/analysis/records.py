@@ -42,6 +42,17 @@ class Score:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
     @classmethod
+    def from_interval(cls, key: str, label: str, interval, *, unit: str = "fields of view", **fields: Any
+                      ) -> "Score":
+        """A score from a bootstrap Interval (analysis/uncertainty.py): its value, bounds (None where not finite)
+        and number of groups; `unit` names what was resampled; other fields (basis, chance, n) as given."""
+        def finite(x: float) -> float | None:
+            return float(x) if math.isfinite(x) else None
+
+        return cls(key, label, finite(interval.value), low=finite(interval.low), high=finite(interval.high),
+                   groups=interval.n_groups, interval=f"{interval.level:.0%} CI, bootstrap over {unit}", **fields)
+
+    @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> "Score":
         """The record of metrics.json; unknown keys (a newer writer) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}

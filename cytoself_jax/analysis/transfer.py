@@ -15,7 +15,8 @@ import pandas as pd
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
 from cytoself_jax.analysis.neighbours import protein_families, protein_profiles, similarity_matrix
 from cytoself_jax.analysis.scores import NON_CLASSES, knn_neighbour_labels, knn_ranks, knn_votes, macro_mean
-from cytoself_jax.analysis.uncertainty import Score, bootstrap_mean_ci
+from cytoself_jax.analysis.records import Score
+from cytoself_jax.analysis.uncertainty import bootstrap_mean_ci
 
 
 def _hit_scores(hits: np.ndarray, truth: np.ndarray, groups: np.ndarray | None, n_classes: int, n_boot: int,
@@ -26,11 +27,11 @@ def _hit_scores(hits: np.ndarray, truth: np.ndarray, groups: np.ndarray | None, 
     for name, by in (("top1_accuracy", None), ("balanced_accuracy", truth)):
         if groups is not None and len(np.unique(groups)) >= 2:
             interval = bootstrap_mean_ci(hits, groups, by=by, n_boot=n_boot, seed=seed)
-            out[name] = Score.from_interval(name, interval, n_rows=len(hits), chance=1.0 / n_classes, on=on,
-                                            unit=unit)
+            out[name] = Score.from_interval(name, name, interval, unit=unit, basis=on, chance=1.0 / n_classes,
+                                            n=len(hits))
         else:
             value = macro_mean(hits, by) if by is not None else float(np.mean(hits))
-            out[name] = Score(name, value, chance=1.0 / n_classes, n_rows=len(hits), on=on, unit=unit)
+            out[name] = Score(name, name, value, basis=on, chance=1.0 / n_classes, n=len(hits))
     return out
 
 
@@ -58,7 +59,7 @@ def crop_family_transfer(seen_x, seen_family, unseen_x, unseen_family, unseen_gr
                                                           "unseen_groups")[keep_unseen]
     return _hit_scores((ranks < 1).astype(np.float64), unseen_family[keep_unseen], groups,
                        len(np.unique(seen_family[keep_seen])), n_boot, seed,
-                       on=f"crops of unseen proteins, vote of {k} nearest seen crops", unit="fov")
+                       on=f"crops of unseen proteins, vote of {k} nearest seen crops", unit="fields of view")
 
 
 def protein_family_transfer(seen_x, seen_proteins, seen_family, unseen_x, unseen_proteins, unseen_family,
@@ -94,7 +95,7 @@ def protein_family_transfer(seen_x, seen_proteins, seen_family, unseen_x, unseen
                           "hit": hits.astype(bool), "votes": described})
     scores = _hit_scores(hits, truth, unseen_names[keep_unseen], len(classes), n_boot, seed,
                          on=f"unseen proteins' mean profiles, vote of {k} nearest seen profiles ({metric})",
-                         unit="protein")
+                         unit="proteins")
     return table, scores
 
 

@@ -1,4 +1,4 @@
-"""Uncertainty of a score: a cluster bootstrap over fields of view, and the record a reported score carries.
+"""Uncertainty of a score: a cluster bootstrap over fields of view (the interval a records.Score carries).
 
 Crops of one field of view share the field's illumination, focus and cells' state, so they are not independent:
 a bootstrap over crops treats 100 crops of one field as 100 observations and gives intervals far too narrow. The
@@ -41,48 +41,6 @@ class Interval:
     n_boot: int
     n_groups: int
     level: float = 0.95
-
-
-@dataclasses.dataclass(frozen=True)
-class Score:
-    """One reported score: value with its interval (low/high, NaN when none), the chance level beside it (NaN when
-    it has none), how much data it rests on (n_rows: crops or queries; n_groups: fields of view or proteins), and
-    what it was computed on (`on`, e.g. 'test split, global embedding') and `unit` (what n_groups counts)."""
-
-    name: str
-    value: float
-    low: float = math.nan
-    high: float = math.nan
-    chance: float = math.nan
-    n_rows: int = 0
-    n_groups: int = 0
-    on: str = ""
-    unit: str = "fov"
-    level: float = 0.95
-    n_boot: int = 0
-
-    @classmethod
-    def from_interval(cls, name: str, interval: Interval, *, n_rows: int, chance: float = math.nan, on: str = "",
-                      unit: str = "fov") -> "Score":
-        return cls(name=name, value=interval.value, low=interval.low, high=interval.high, chance=chance,
-                   n_rows=n_rows, n_groups=interval.n_groups, on=on, unit=unit, level=interval.level,
-                   n_boot=interval.n_boot)
-
-    def to_json(self) -> dict:
-        """The fields as a JSON-ready dict (NaN -> None)."""
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in dataclasses.asdict(self).items()}
-
-    def text(self, digits: int = 3) -> str:
-        """'0.412 [0.371, 0.455] (chance 0.025; 400 crops, 40 fov)'; parts without a value left out."""
-        f = f"{{:.{digits}f}}"
-        out = f.format(self.value)
-        if math.isfinite(self.low) and math.isfinite(self.high):
-            out += f" [{f.format(self.low)}, {f.format(self.high)}]"
-        about = [f"chance {f.format(self.chance)}"] if math.isfinite(self.chance) else []
-        if self.n_rows:
-            about.append(f"{self.n_rows} rows, {self.n_groups} {self.unit}")
-        return out + (f" ({'; '.join(about)})" if about else "")
 
 
 def _group_index(groups, n: int, where: str) -> tuple[np.ndarray, int]:

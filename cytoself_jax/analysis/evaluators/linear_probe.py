@@ -1,10 +1,17 @@
-"""Linear probes: logistic regression on the train split's global embeddings (and, as the baseline, on PCA of the
-pixels), scored on the evaluated split (probe.csv)."""
+"""Linear probes, like for like: logistic regression on the train split's global embeddings against the same probe
+on PCA of the pixels of every channel the model reads (as the model sees them), each side's C (and PCA size)
+chosen on the val split, beside the majority-class floor; scored on the evaluated split with intervals over its
+fields of view (probe.csv, columns explained in probe.PROBE_COLUMNS)."""
 from __future__ import annotations
+
+import dataclasses
 
 from cytoself_jax.analysis import probe
 from cytoself_jax.analysis.context import EvalContext, Evaluation, subsample
 from cytoself_jax.analysis.records import Score
+
+FEATURES = {"embedding": "global embedding", "pixels": "PCA of the model's input pixels (all its channels)",
+            "majority": "always the most frequent training class"}
 
 
 def evaluate(ctx: EvalContext) -> Evaluation:
@@ -20,23 +27,38 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     if len(train_pick) < len(train_rows) or len(eval_pick) < len(ctx.rows):
         result.notes.append(f"linear probe: seeded subsamples of {len(train_pick)} train and {len(eval_pick)} "
                             f"{o.split} crops (--probe_max_crops)")
-    features = {
-        "embedding": (train.global_vectors[train_pick].reshape(len(train_pick), -1),
-                      ctx.outputs.global_vectors[eval_pick].reshape(len(eval_pick), -1)),
-        "pixels": (probe.protein_pixels(ctx.store, train_rows[train_pick]),
-                   probe.protein_pixels(ctx.store, ctx.rows[eval_pick])),
-    }
-    probes = probe.run_probes(ctx.out, features, ctx.store.table.iloc[train_rows[train_pick]].reset_index(drop=True),
-                              ctx.table.iloc[eval_pick].reset_index(drop=True), seed=o.seed)
+    sides = [(train_rows[train_pick], train.global_vectors[train_pick])]
+    validation = ctx.validation()
+    if validation is not None:
+        sides.append((validation[0], validation[1].global_vectors))
+    else:
+        result.notes.append("linear probe: C = 1 (and 50 principal components of the pixels) on both sides, as no "
+                            "separate val split is available to choose them on (evaluate --split test)")
+    sides.append((ctx.rows[eval_pick], ctx.outputs.global_vectors[eval_pick]))
+    features = {"embedding": tuple(v.reshape(len(v), -1) for _, v in sides),
+                "pixels": tuple(probe.crop_pixels(ctx.store, rows, ctx.channels, ctx.fit) for rows, _ in sides)}
+    table = ctx.store.table
+    probes = probe.run_probes(
+        ctx.out, features, table.iloc[sides[0][0]].reset_index(drop=True),
+        table.iloc[sides[-1][0]].reset_index(drop=True), seed=o.seed, n_boot=o.bootstrap,
+        val_table=table.iloc[validation[0]].reset_index(drop=True) if validation is not None else None,
+        trained_on="train split", tested_on=f"{o.split} split")
     result.details["probe"] = probes
     for target in ("family", "protein"):
-        for name, what in (("embedding", "global embedding"), ("pixels", "PCA of protein-channel pixels")):
-            s = (probes.get(target) or {}).get(name)
-            result.scores.append(Score(f"probe.{target}_{name}_macro_f1", f"linear probe {target} ({name}): macro-F1",
-                                       s["macro_f1"] if s else None,
-                                       f"logistic regression on the {what}, train -> {s['test'] if s else 0} held-out "
-                                       f"crops ({s['classes'] if s else 0} classes; probe.csv)",
-                                       n=s["test"] if s else None))
+        for name, what in FEATURES.items():
+            summary = (probes.get(target) or {}).get(name)
+            key, label = f"probe.{target}_{name}_macro_f1", f"linear probe {target} ({name}): macro-F1"
+            if summary is None:
+                result.scores.append(Score(key, label, None, f"logistic regression on the {what}"))
+                continue
+            record = Score.from_json(summary["scores"]["macro_f1"])
+            settings = f"C = {summary['C']:g}" if summary.get("C") is not None else "no fit"
+            if summary.get("pca_components"):
+                settings += f", {summary['pca_components']} components"
+            result.scores.append(dataclasses.replace(
+                record, key=key, label=label,
+                basis=f"{what}; train -> {o.split} crops, {summary['classes']} classes, {settings} "
+                      f"({summary['selected_on'] or 'floor'}); probe.csv"))
     if probes["family"]["embedding"] is None:
         result.notes.append("linear probe of family: needs 2 annotated families in train and test")
     return result
