@@ -31,7 +31,7 @@ from cytoself_jax.analysis.atlas import plot_atlas_panels
 from cytoself_jax.analysis.compare import difference_table, format_cell, mean_interval, training_record
 from cytoself_jax.analysis.report import EvalOptions, default_out_dir, run_eval
 from cytoself_jax.config import ABLATIONS, apply_ablation, apply_overrides
-from cytoself_jax.training.checkpoint import Checkpointer
+from cytoself_jax.training.checkpoint import Checkpointer, run_finished
 from cytoself_jax.training.loop import train
 
 PAPER_TABLE_1 = {"full": "13.3 +- 2.4", "no_fiducial": "12.4 +- 1.3", "no_distance": "11.2 +- 1.3",
@@ -65,7 +65,8 @@ def run_one(c: ml_collections.ConfigDict, options: EvalOptions, train_only: bool
     """Train (or resume, or skip when done) and evaluate (or reuse) one run; returns its metrics.json (None with
     train_only)."""
     run_dir = Path(c.workdir)
-    train(c, resume=Checkpointer(run_dir).has("latest"), progress=options.progress)  # a finished run: nothing to do
+    if not run_finished(run_dir, c.train.max_epochs):  # a finished run is left as it is
+        train(c, resume=Checkpointer(run_dir).has("latest"), progress=options.progress)
     if train_only:
         return None
     return run_eval(run_dir, options).metrics  # reused when the same code already evaluated this checkpoint

@@ -245,6 +245,12 @@ def latest_loop_state(run_dir: Path) -> LoopState | None:
         checkpointer.close()
 
 
+def run_finished(run_dir: Path, max_epochs: int) -> bool:
+    """Whether the run's latest checkpoint ends it: it stopped early or trained max_epochs epochs."""
+    saved = latest_loop_state(run_dir)
+    return saved is not None and bool(saved.stop_reason or saved.epoch >= max_epochs)
+
+
 def latest_step(run_dir: Path) -> int | None:
     """Step of the complete 'latest' checkpoint of a run directory (None when there is none); creates nothing."""
     checkpointer = Checkpointer(run_dir)

@@ -23,7 +23,7 @@ from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.program_cache import cached_program
 from cytoself_jax.run import load_run_config
 from cytoself_jax.training.checkpoint import (Checkpointer, CheckpointSaveError, LoopState, RunLock, describe_latest,
-                                              latest_loop_state, latest_step)
+                                              latest_step, run_finished)
 from cytoself_jax.training.metrics_log import EpochProgress, MetricsLog
 from cytoself_jax.models.quantizer import perplexity_from_counts
 from cytoself_jax.training.losses import MONITORS, monitored_value
@@ -180,8 +180,7 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     _check_train_config(config)
     check_run_dir(run_dir)
     has_checkpoint = latest_step(run_dir) is not None
-    saved = None if resume else latest_loop_state(run_dir)
-    finished = saved is not None and bool(saved.stop_reason or saved.epoch >= config.train.max_epochs)
+    finished = not resume and run_finished(run_dir, config.train.max_epochs)
     if has_checkpoint and not resume and not finished:
         raise FileExistsError(
             f"{run_dir}: already holds a training run; pass --resume to continue it or set --config.workdir"
