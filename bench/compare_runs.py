@@ -5,6 +5,8 @@ Welch's and an exact permutation test's p-values. Prints Markdown and writes:
     OUT_trainings.csv / .json   one row per training: run, seed, fold, held-out proteins, epochs run, chosen epoch,
                                 the code that evaluated it, every score with its 95% interval
     OUT.md / OUT.csv            the group table (and the differences, for two groups)
+    OUT_paired.csv              with --paired A B: per group, score A minus score B within each training (mean,
+                                sd, 95% CI, paired t-test and exact sign-flip p-values), e.g. embedding vs pixels
 
 python bench/compare_runs.py --eval-dir test \\
     --group paper runs/paper/demo/full/seed* --group reference runs/reference/demo/full/seed* \\
@@ -21,7 +23,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from cytoself_jax.analysis.compare import difference_table, format_cell, group_table, score_keys, training_record
+from cytoself_jax.analysis.compare import (difference_table, format_cell, group_table, paired_table, score_keys,
+                                          training_record)
 from cytoself_jax.analysis.records import markdown_table
 
 
@@ -37,9 +40,15 @@ def git_commit() -> str:
         return ""
 
 
-def compare(groups: dict[str, list[Path]], eval_dir: str, keys: Sequence[str] | None = None
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, str]:
-    """(training rows, group table (long), differences of two groups or None, Markdown text)."""
+def _fmt(v) -> str:
+    return "n/a" if v is None or pd.isna(v) else f"{v:.3g}"
+
+
+def compare(groups: dict[str, list[Path]], eval_dir: str, keys: Sequence[str] | None = None,
+            pairs: Sequence[tuple[str, str]] = ()
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, str]:
+    """(training rows, group table (long), differences of two groups or None, paired differences of two scores
+    within each group's trainings or None, Markdown text)."""
     rows = {name: [training_record(r, eval_dir) for r in runs] for name, runs in groups.items()}
     commit = git_commit()
     for name, group_rows in rows.items():
@@ -56,15 +65,24 @@ def compare(groups: dict[str, list[Path]], eval_dir: str, keys: Sequence[str] | 
     if len(groups) == 2:
         first, second = list(groups)
         diff = difference_table(rows, first, second, keys)
-
-        def fmt(v):
-            return "n/a" if v is None or pd.isna(v) else f"{v:.3g}"
         text += (f"\n\nDifference {first} - {second} (Welch's t-test and exact permutation test, two-sided):\n\n"
-                 + markdown_table([(d["score"], fmt(d["difference"]), fmt(d["welch_p"]), fmt(d["permutation_p"]))
+                 + markdown_table([(d["score"], _fmt(d["difference"]), _fmt(d["welch_p"]), _fmt(d["permutation_p"]))
                                    for d in diff.to_dict("records")],
                                   ("score", "difference of means", "Welch p", "permutation p")))
+    paired = None
+    if pairs:
+        paired = pd.concat([paired_table(group_rows, pairs).assign(group=name) for name, group_rows in rows.items()],
+                           ignore_index=True)
+        text += ("\n\nPaired within each training (first - second; 95% t-interval of the mean difference; paired "
+                 "t-test and exact sign-flip test, two-sided):\n\n"
+                 + markdown_table([(d["group"], d["first"], d["second"], str(d["n"]), _fmt(d["first_mean"]),
+                                    _fmt(d["second_mean"]),
+                                    f"{_fmt(d['difference'])} [{_fmt(d['difference_low'])}, {_fmt(d['difference_high'])}]",
+                                    _fmt(d["paired_t_p"]), _fmt(d["sign_flip_p"])) for d in paired.to_dict("records")],
+                                  ("group", "first", "second", "n", "first mean", "second mean", "difference [95% CI]",
+                                   "paired t p", "sign-flip p")))
     table = pd.DataFrame([r for g in rows.values() for r in g])
-    return table, summary, diff, text
+    return table, summary, diff, paired, text
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
@@ -74,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--eval-dir", default="test", help="the eval folder under RUN/eval/ (test, test-latest)")
     parser.add_argument("--scores", nargs="*", default=None, help="score keys to show (default: all)")
     parser.add_argument("--out", default=None, help="path prefix for the tables and the per-training records")
+    parser.add_argument("--paired", nargs=2, action="append", default=[], metavar=("FIRST", "SECOND"),
+                        help="two score keys compared within each training, e.g. probe.family_embedding_macro_f1 "
+                        "probe.family_pixels_macro_f1; repeatable")
     args = parser.parse_args(argv)
     groups = {}
     for name, *runs in args.group:
@@ -82,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             groups[name] = found
     if not groups:
         raise SystemExit(f"error: no run of any group has eval/{args.eval_dir}/metrics.json")
-    table, summary, diff, text = compare(groups, args.eval_dir, args.scores)
+    table, summary, diff, paired, text = compare(groups, args.eval_dir, args.scores, [tuple(p) for p in args.paired])
     print(text)
     if args.out:
         out = Path(args.out)
@@ -92,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         summary.to_csv(out.with_suffix(".csv"), index=False)
         if diff is not None:
             diff.to_csv(f"{out}_difference.csv", index=False)
+        if paired is not None:
+            paired.to_csv(f"{out}_paired.csv", index=False)
         out.with_suffix(".md").write_text(text + "\n")
     return table
 

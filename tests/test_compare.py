@@ -57,6 +57,30 @@ def test_permutation_p_is_exact_over_all_relabellings():
     assert compare.permutation_p(a, b) == pytest.approx(np.mean(brute))
 
 
+def test_sign_flip_p_is_exact_over_all_flips():
+    d = [0.3, 0.1, 0.2, 0.25, 0.15]
+    assert compare.sign_flip_p(d) == pytest.approx(2 / 32)  # all positive: only the observed signs and their mirror
+    d = [0.3, -0.1, 0.2, 0.05]
+    observed = abs(np.mean(d))
+    brute = [abs(np.mean(np.multiply(signs, d))) >= observed - 1e-12
+             for signs in itertools.product((1, -1), repeat=4)]
+    assert compare.sign_flip_p(d) == pytest.approx(np.mean(brute))
+    assert compare.sign_flip_p([]) is None
+
+
+def test_paired_table_takes_differences_within_each_training():
+    from scipy import stats
+
+    rows = [{"emb": 0.6, "pix": 0.5}, {"emb": 0.7, "pix": 0.55}, {"emb": 0.5, "pix": 0.52}, {"emb": 0.65, "pix": None}]
+    t = compare.paired_table(rows, [("emb", "pix")]).iloc[0]
+    d = [0.1, 0.15, -0.02]  # the training without a pixel score is left out of both means
+    assert t["n"] == 3 and t["difference"] == pytest.approx(np.mean(d))
+    assert t["first_mean"] == pytest.approx(0.6) and t["second_mean"] == pytest.approx(np.mean([0.5, 0.55, 0.52]))
+    assert t["difference_sd"] == pytest.approx(np.std(d, ddof=1))
+    assert t["paired_t_p"] == pytest.approx(stats.ttest_rel([0.6, 0.7, 0.5], [0.5, 0.55, 0.52]).pvalue)
+    assert t["sign_flip_p"] == pytest.approx(compare.sign_flip_p(d))
+
+
 def _evaluated_run(root: Path, seed: int, scores: dict[str, float], epochs: int, best: int) -> Path:
     root.mkdir(parents=True)
     config = tiny_config(root, root)
@@ -90,3 +114,16 @@ def test_compare_runs_writes_one_record_per_training_and_the_group_statistics(tm
     diff = pd.read_csv(f"{out}_difference.csv").iloc[0]
     assert diff["difference"] == pytest.approx(-0.4) and diff["permutation_p"] == pytest.approx(0.1)
     assert "Welch p" in out.with_suffix(".md").read_text()
+
+
+def test_compare_runs_pairs_two_scores_within_each_training(tmp_path):
+    runs = [_evaluated_run(tmp_path / f"r{s}", s, {"probe.embedding": 0.5 + 0.1 * s, "probe.pixels": 0.4 + 0.1 * s},
+                           epochs=3, best=3) for s in range(4)]
+    out = tmp_path / "cmp"
+    compare_runs.main(["--group", "g", *map(str, runs), "--paired", "probe.embedding", "probe.pixels",
+                       "--out", str(out)])
+    paired = pd.read_csv(f"{out}_paired.csv").iloc[0]
+    # the same +0.1 in every training: no spread, the sign-flip test's smallest p for 4 trainings
+    assert paired["group"] == "g" and paired["n"] == 4 and paired["difference"] == pytest.approx(0.1)
+    assert paired["sign_flip_p"] == pytest.approx(2 / 16)
+    assert "Paired within each training" in out.with_suffix(".md").read_text()

@@ -104,6 +104,43 @@ def permutation_p(a: Sequence[float], b: Sequence[float], max_exact: int = 20_00
     return float((hits + 1) / (max_exact + 1))
 
 
+def sign_flip_p(differences: Sequence[float], max_exact: int = 20_000, seed: int = 0) -> float | None:
+    """Two-sided p-value of a mean paired difference by flipping signs: exact over all 2^n flips when there are at
+    most `max_exact` of them (5 trainings: 32, so p >= 1/16), else 20,000 random flips (+1 smoothed). None when
+    empty."""
+    d = np.asarray([x for x in differences if x is not None and not math.isnan(x)], float)
+    if len(d) == 0:
+        return None
+    observed = abs(d.mean())
+    if 2 ** len(d) <= max_exact:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    else:
+        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(max_exact, len(d)))
+    hits = int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12))
+    return float(hits / len(signs)) if 2 ** len(d) <= max_exact else float((hits + 1) / (max_exact + 1))
+
+
+def paired_table(rows: Sequence[Mapping], pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Two scores of the same trainings (e.g. the probe on the embedding against the probe on pixels): per pair,
+    n trainings with both, each mean, the mean paired difference with its sd and 95% t-interval, the paired
+    t-test's and the exact sign-flip test's two-sided p-values."""
+    from scipy import stats
+
+    out = []
+    for a, b in pairs:
+        both = [(r[a], r[b]) for r in rows if r.get(a) is not None and r.get(b) is not None
+                and not (pd.isna(r[a]) or pd.isna(r[b]))]
+        diffs = [x - y for x, y in both]
+        summary = mean_interval(diffs)
+        t_p = (float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) >= 2 and np.std(diffs) > 0 else None)
+        out.append({"first": a, "second": b, "n": summary["n"],
+                    "first_mean": float(np.mean([x for x, _ in both])) if both else None,
+                    "second_mean": float(np.mean([y for _, y in both])) if both else None,
+                    "difference": summary["mean"], "difference_sd": summary["sd"], "difference_low": summary["low"],
+                    "difference_high": summary["high"], "paired_t_p": t_p, "sign_flip_p": sign_flip_p(diffs)})
+    return pd.DataFrame(out)
+
+
 def group_table(groups: Mapping[str, Sequence[Mapping]], keys: Sequence[str] | None = None) -> pd.DataFrame:
     """Per group and score: n trainings, mean, between-training sd, 95% CI of the mean (long format, one row per
     (group, score))."""
