@@ -127,3 +127,20 @@ def test_compare_runs_pairs_two_scores_within_each_training(tmp_path):
     assert paired["group"] == "g" and paired["n"] == 4 and paired["difference"] == pytest.approx(0.1)
     assert paired["sign_flip_p"] == pytest.approx(2 / 16)
     assert "Paired within each training" in out.with_suffix(".md").read_text()
+
+
+def test_pairwise_differences_cover_every_pair_of_groups(tmp_path):
+    import pairwise_differences
+
+    table = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
+                          "score": [1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 2.0, 2.5, 3.5]})
+    (tmp_path / "t.csv").write_text(table.to_csv(index=False))
+    out = pairwise_differences.main([str(tmp_path / "t.csv"), "--by", "variant", "--scores", "score",
+                                     "--out", str(tmp_path / "d")])
+    assert [(r["first"], r["second"]) for r in out.to_dict("records")] == [("a", "b"), ("a", "c"), ("b", "c")]
+    ab = out.iloc[0]
+    assert ab["difference"] == pytest.approx(-9.0) and ab["permutation_p"] == pytest.approx(2 / 20)
+    assert ab["welch_p"] == pytest.approx(compare.welch_p([1.0, 2.0, 3.0], [10.0, 11.0, 12.0]))
+    assert len(pd.read_csv(tmp_path / "d.csv")) == 3
+    with pytest.raises(SystemExit, match=r"t.csv: columns \['nope'\] missing"):
+        pairwise_differences.main([str(tmp_path / "t.csv"), "--by", "variant", "--scores", "nope"])

@@ -370,3 +370,57 @@ def test_a_new_score_is_one_evaluator_function_and_one_registry_line(tiny_run, t
     assert "mean embedding norm" in result_text(result) and m["toy"]["value"] > 0
     with pytest.raises(EvalError, match=r"--evaluators: unknown \['nope'\]"):
         run_eval(tiny_run["dir"], EvalOptions(out=str(tmp_path / "o2"), evaluators=("nope",), progress=False))
+
+
+def test_unseen_proteins_are_placed_from_the_known_ones(tiny_run, tmp_path):
+    """A run that held P3 out of training: its crops are in no split, and the unseen-protein evaluator's crop-level
+    kNN family transfer equals a plain numpy vote of the 10 nearest known (train) crops."""
+    from cytoself_jax.data.splits import splits_for_config
+
+    run_dir = tmp_path / "heldout"
+    config = tiny_config(run_dir, tiny_run["dir"].parent / "unused")
+    config.data.path = json.loads((tiny_run["dir"] / "dataset.json").read_text())["store"]
+    config.data.heldout_proteins = ("P3",)
+    store = tiny_run["store"]
+    run_splits = splits_for_config(store.table, config)
+    proteins = store.table["protein"].to_numpy()
+    assert run_splits.heldout_proteins == ("P3",) and run_splits.trained_proteins == ("P0", "P1", "P2")
+    for rows in run_splits.splits.values():  # no crop of the held-out protein in any split
+        assert not (proteins[rows] == "P3").any()
+    image_shape = (32, 32, len(CHANNELS))
+    model = build_model(config, image_shape, 3)
+    state = _init(model, image_shape, jax.random.PRNGKey(2))
+    save_run_config(run_dir, config, {"store": config.data.path, "proteins": ["P0", "P1", "P2"],
+                                      "heldout_proteins": ["P3"], "channels": list(CHANNELS),
+                                      "image_shape": list(image_shape),
+                                      "split_sizes": {k: len(v) for k, v in run_splits.splits.items()}})
+    checkpointer = Checkpointer(run_dir)
+    checkpointer.save("best", state, LoopState(epoch=1, best_epoch=0))
+    checkpointer.wait()
+    checkpointer.close()
+    result = run_eval(run_dir, EvalOptions(evaluators=("unseen_proteins",), umap_seeds=1, bootstrap=50,
+                                           progress=False))
+    scores = result.metrics["scores"]
+    for key in ("unseen.family_knn_crop", "unseen.family_knn_protein", "unseen.family_probe_macro_f1",
+                "unseen.family_probe_pixels_macro_f1"):
+        assert scores[key]["value"] is not None and 0 <= scores[key]["value"] <= 1, key
+    for key in ("unseen.family_knn_crop", "unseen.family_knn_protein"):  # a uniform guess among 2 known families
+        assert scores[key]["chance"] == pytest.approx(0.5)
+    table = pd.read_csv(result.out_dir / "unseen_proteins.csv")
+    assert list(table["protein"]) == ["P3"] and table.loc[0, "family"] == "right"
+    assert table.loc[0, "crops"] == 24 and table.loc[0, "fields"] == 3
+    assert {c for c in table if c.startswith("nearest_")} == {"nearest_1", "nearest_2", "nearest_3"}
+    # numpy reference of the crop-level transfer: 10 nearest train crops (Euclidean) vote; a tie is a miss
+    variables = {"params": state.params, **state.model_state}
+    known_rows, new_rows = run_splits.splits["train"], np.flatnonzero(proteins == "P3")
+    known, new = (extract(model, variables, store, rows, channels=CHANNELS, batch_size=8, full=False,
+                          progress=False).global_vectors.reshape(len(rows), -1) for rows in (known_rows, new_rows))
+    families = store.table["family"].to_numpy()
+    hits = []
+    for row in new:
+        nearest = np.argsort(((known - row) ** 2).sum(axis=1), kind="stable")[:10]
+        votes = pd.Series(families[known_rows][nearest]).value_counts()
+        rivals = votes.drop("right", errors="ignore")
+        hits.append(votes.get("right", 0) > (rivals.max() if len(rivals) else 0))
+    # one unseen family: balanced accuracy is the accuracy on it
+    assert scores["unseen.family_knn_crop"]["value"] == pytest.approx(np.mean(hits))

@@ -5,7 +5,8 @@ proteins.
 
 - family by kNN label transfer, crop level (vote of the k nearest known crops) and protein level (vote of the
   nearest known protein profiles);
-- a linear probe of family trained on known crops (C chosen on the val split), tested on unseen ones;
+- a linear probe of family trained on known crops (C chosen on the val split), tested on unseen ones, on the
+  embedding and, as the baseline it must beat, on PCA of the pixels (every model channel);
 - unseen_proteins.csv: per unseen protein its family, the predicted family and its nearest known proteins.
 Intervals: bootstrap over the unseen crops' fields of view (crop level) or over unseen proteins (protein level);
 chance: a uniform guess among the known families.
@@ -18,7 +19,7 @@ import numpy as np
 
 from cytoself_jax.analysis import probe, transfer
 from cytoself_jax.analysis.common import AnalysisInputError
-from cytoself_jax.analysis.context import EvalContext, Evaluation
+from cytoself_jax.analysis.context import EvalContext, Evaluation, subsample
 from cytoself_jax.analysis.neighbours import protein_families
 from cytoself_jax.analysis.records import Score
 
@@ -66,17 +67,30 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     details.update(crop={k: s.to_json() for k, s in crop.items()},
                    protein={k: s.to_json() for k, s in protein.items()})
 
+    # The family probe on the embedding against the same probe on pixels (every model channel, as the model sees
+    # them), both fitted on the same seeded subsample of known crops: does the embedding place new proteins better
+    # than their pixels would?
+    pick = subsample(len(known_rows), o.probe_max_crops, o.seed)
     validation = ctx.validation()
-    val = (None, None) if validation is None else (
-        validation[1].global_vectors.reshape(len(validation[0]), -1), column["family"][validation[0]])
-    try:
-        probed = probe.transfer_probe("embedding", k_x, k_fam, u_x, u_fam, *val, unseen_groups=column["fov"][new_rows],
-                                      n_boot=o.bootstrap, seed=o.seed)
-        result.scores.append(_labelled(probed.scores["macro_f1"], "unseen.family_probe_macro_f1",
-                                       "unseen proteins: family probe (macro-F1)"))
-        details["probe"] = probed.summary()
-    except AnalysisInputError as e:
-        result.notes.append(f"unseen proteins: family probe not scored ({e})")
+    sides = {"embedding": (k_x[pick], u_x, None if validation is None else
+                           validation[1].global_vectors.reshape(len(validation[0]), -1)),
+             "pixels": tuple(None if rows is None else probe.crop_pixels(ctx.store, rows, ctx.channels, ctx.fit)
+                             for rows in (known_rows[pick], new_rows,
+                                          None if validation is None else validation[0]))}
+    val_family = None if validation is None else column["family"][validation[0]]
+    details["probe"] = {}
+    for name, (seen_x, unseen_x, val_x) in sides.items():
+        try:
+            probed = probe.transfer_probe(name, seen_x, k_fam[pick], unseen_x, u_fam, val_x, val_family,
+                                          pixels=name == "pixels", unseen_groups=column["fov"][new_rows],
+                                          n_boot=o.bootstrap, seed=o.seed)
+        except AnalysisInputError as e:
+            result.notes.append(f"unseen proteins: family probe on {name} not scored ({e})")
+            continue
+        key = "unseen.family_probe_macro_f1" if name == "embedding" else f"unseen.family_probe_{name}_macro_f1"
+        result.scores.append(_labelled(probed.scores["macro_f1"], key,
+                                       f"unseen proteins: family probe on {name} (macro-F1)"))
+        details["probe"][name] = probed.summary()
 
     families = protein_families(np.concatenate([k_prot, u_prot]), np.concatenate([k_fam, u_fam]))
     near = transfer.nearest_known_proteins(k_x, k_prot, u_x, u_prot, n=min(NEAREST_LISTED, len(set(k_prot))),
