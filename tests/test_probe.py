@@ -84,17 +84,23 @@ def test_crop_pixels_are_the_model_s_normalized_channels(tiny_store_path):
 
 
 def _slow_selection(train_x, train_y, val_x, val_y, pixels):
-    """Every setting fitted from scratch as its own pipeline; the best validation macro-F1, first on ties."""
+    """Every setting fitted from scratch as its own pipeline; the best validation macro-F1, first on ties; along
+    each C path (small to large) stop after C_PATIENCE values in a row below the path's best so far."""
     from sklearn.metrics import f1_score
 
     best = None
     for k in (sorted({min(k, len(train_x) - 1, train_x.shape[1]) for k in probe.PCA_GRID}) if pixels else [None]):
+        scores = []
         for c in sorted(probe.C_GRID):
             model = probe.pixel_pipeline(k, 0, C=c) if pixels else probe.embedding_pipeline(C=c)
             predicted = model.fit(train_x, train_y).predict(val_x)
             score = f1_score(val_y, predicted, labels=np.unique(val_y), average="macro", zero_division=0)
             if best is None or score > best[0] + 1e-12:
                 best = (score, c, k)
+            scores.append(score)
+            tail = scores[-probe.C_PATIENCE:]
+            if len(scores) > probe.C_PATIENCE and all(t <= max(scores[:-probe.C_PATIENCE]) for t in tail):
+                break
     return best
 
 
@@ -181,3 +187,14 @@ def test_transfer_probe_places_unseen_proteins_by_family():
                                   unseen_groups=groups, n_boot=200)
     assert (result.test, result.test_unseen, result.classes) == (24, 5, 2)
     assert result.scores["macro_f1"].value > 0.95 and result.scores["macro_f1"].basis.startswith("crops of proteins")
+
+
+def test_macro_f1_from_counts_equals_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    for n_true, n_pred in ((2, 2), (4, 6), (5, 3)):  # predicted classes never true, true classes never predicted
+        truth = rng.choice([f"c{i}" for i in range(n_true)], 200)
+        predicted = rng.choice([f"c{i}" for i in range(n_pred)], 200)
+        expected = f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
+        assert probe._macro_f1(truth, predicted) == pytest.approx(expected, abs=1e-12)
