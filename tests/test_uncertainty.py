@@ -121,5 +121,7 @@ def test_score_from_an_interval_carries_its_bounds_groups_and_unit():
     empty = Score.from_interval("x", "x", Interval(0.5, math.nan, math.nan, 0, 1), unit="proteins")
     assert json.loads(json.dumps(empty.to_json()))["low"] is None and empty.value_text() == "0.500"
     assert empty.interval == "95% CI, bootstrap over proteins"
+    by_protein = Score.from_interval("p", "p", Interval(0.6, 0.4, 0.8, 1000, 8), unit="proteins", n=8)
+    assert by_protein.meaning_text() == "n = 8; [95% CI, bootstrap over proteins]"  # n counts the proteins
     with pytest.raises(dataclasses.FrozenInstanceError):
         score.value = 1.0

@@ -75,7 +75,8 @@ class Score:
         if self.chance is not None:
             parts.append(f"chance {self.chance:.{self.digits}f}")
         if self.n is not None:
-            parts.append(f"n = {self.n}" + (f" in {self.groups} fields" if self.groups else ""))
+            in_fields = self.groups and "fields of view" in self.interval  # not when proteins were resampled
+            parts.append(f"n = {self.n}" + (f" in {self.groups} fields" if in_fields else ""))
         if self.low is not None and self.high is not None:
             parts.append(f"[{self.interval}]")
         return "; ".join(parts)
