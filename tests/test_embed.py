@@ -177,25 +177,25 @@ def _snapshot(folder: Path) -> dict:
 def test_eval_never_replaces_a_folder_it_did_not_write(run_dir, tmp_path):
     before = _snapshot(run_dir)
     with pytest.raises(EvalError, match=rf"{run_dir}: --out: holds files eval did not write .*choose a new folder"):
-        run_eval(run_dir, EvalOptions(out=str(run_dir), umap_seeds=1, progress=False))
+        run_eval(run_dir, EvalOptions(out=str(run_dir), umap_seeds=1, bootstrap=100, progress=False))
     assert _snapshot(run_dir) == before  # the run's checkpoints, config and metrics are all there
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
     with pytest.raises(EvalError, match="holds files eval did not write"):
-        run_eval(run_dir, EvalOptions(out=str(mine), umap_seeds=1, progress=False))
+        run_eval(run_dir, EvalOptions(out=str(mine), umap_seeds=1, bootstrap=100, progress=False))
     assert (mine / "notes.txt").read_text() == "my notes" and len(list(mine.iterdir())) == 1
     # eval's own output folder is replaced by the next eval; embed does not replace eval's folder either.
     out = tmp_path / "eval-out"
-    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
+    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False))
     assert json.loads((out / MARKER).read_text())["written_by"] == "eval"
     (out / "metrics.json").write_text("{}")
-    assert not run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False,
+    assert not run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False,
                                              force=True)).reused  # --force: evaluated again, the folder replaced
     assert json.loads((out / "metrics.json").read_text())["run"]["split"] == "val"
     (out / "my-figure.svg").write_text("<svg/>")  # a user's file added to eval's folder: not eval's to delete
     with pytest.raises(EvalError, match=r"eval-out: --out: holds files eval did not write \(my-figure.svg\)"):
-        run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
+        run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False))
     (out / "my-figure.svg").unlink()
     store_path = json.loads((run_dir / "dataset.json").read_text())["store"]
     assert embed_cli.main(["--ckpt", str(run_dir), "--data", store_path, "--out", str(out), "--quiet"]) == 2
@@ -204,7 +204,7 @@ def test_eval_never_replaces_a_folder_it_did_not_write(run_dir, tmp_path):
 
 def test_the_same_eval_again_reuses_its_output_and_anything_that_changes_recomputes(run_dir, tmp_path):
     out = tmp_path / "again"
-    options = EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False)
+    options = EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False)
     first = run_eval(run_dir, options)
     assert not first.reused
     written = _snapshot(out)
@@ -259,7 +259,7 @@ def test_stale_temporary_folders_of_killed_evals_are_removed(run_dir, tmp_path):
         (folder / "embeddings.h5ad").write_text("partial")
     for folder in (stale, live):
         (folder / MARKER).write_text(json.dumps(marker))
-    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, progress=False))
+    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False))
     assert not stale.exists()
     assert live.exists() and foreign.exists() and (foreign / "embeddings.h5ad").read_text() == "partial"
     assert (out / "embeddings.h5ad").is_file()

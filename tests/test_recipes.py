@@ -23,7 +23,7 @@ from cytoself_jax.prepare.__main__ import main as prepare_main
 from run_fixtures import make_run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FAST = {"cytoself_jax.embed": ["--umap-seeds", "1", "--quiet"], "cytoself_jax.import_crops": ["--quiet"]}
+FAST = {"cytoself_jax.embed": ["--umap-seeds", "1", "--bootstrap", "100", "--quiet"], "cytoself_jax.import_crops": ["--quiet"]}
 
 
 def recipe(name: str) -> tuple[str, str]:
@@ -55,7 +55,8 @@ def run_shell(code: str, extra: dict[str, list[str]] | None = None) -> list[str]
         elif argv[1] == "eval.py":
             ckpt = argv[argv.index("--ckpt") + 1] if "--ckpt" in argv else \
                 next(a.split("=", 1)[1] for a in argv if a.startswith("--ckpt="))
-            run_eval(ckpt, EvalOptions(umap_seeds=1, knn_max_train=200, map_max_crops=500, progress=False))
+            run_eval(ckpt, EvalOptions(umap_seeds=1, knn_max_train=200, map_max_crops=500, probe_max_crops=400,
+                                        bootstrap=100, progress=False))
         else:
             assert argv[1] == "train.py", line
             continue
