@@ -8,6 +8,7 @@ return Score records, details for metrics.json and notes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -138,6 +139,15 @@ class EvalContext:
             rows = np.flatnonzero(np.isin(self.store.table["protein"].to_numpy(), self.heldout))
             return rows, self.embed_rows(rows, "held-out proteins' crops")
         return self.cached("unseen", compute)
+
+    def pixels(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), H*W*C) pixels of these store rows as the model sees them (probe.crop_pixels), read once per
+        evaluation: the linear probe and the unseen-protein probe fit on the same train and val rows."""
+        from cytoself_jax.analysis import probe
+
+        rows = np.asarray(rows, np.int64)
+        key = "pixels-" + hashlib.sha256(rows.tobytes()).hexdigest()
+        return self.cached(key, lambda: probe.crop_pixels(self.store, rows, self.channels, self.fit))
 
     def umap_kwargs(self) -> dict[str, Any]:
         o = self.options

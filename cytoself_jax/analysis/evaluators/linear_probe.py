@@ -36,7 +36,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
                             "separate val split is available to choose them on (evaluate --split test)")
     sides.append((ctx.rows[eval_pick], ctx.outputs.global_vectors[eval_pick]))
     features = {"embedding": tuple(v.reshape(len(v), -1) for _, v in sides),
-                "pixels": tuple(probe.crop_pixels(ctx.store, rows, ctx.channels, ctx.fit) for rows, _ in sides)}
+                "pixels": tuple(ctx.pixels(rows) for rows, _ in sides)}
     table = ctx.store.table
     probes = probe.run_probes(
         ctx.out, features, table.iloc[sides[0][0]].reset_index(drop=True),

@@ -74,7 +74,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     validation = ctx.validation()
     sides = {"embedding": (k_x[pick], u_x, None if validation is None else
                            validation[1].global_vectors.reshape(len(validation[0]), -1)),
-             "pixels": tuple(None if rows is None else probe.crop_pixels(ctx.store, rows, ctx.channels, ctx.fit)
+             "pixels": tuple(None if rows is None else ctx.pixels(rows)
                              for rows in (known_rows[pick], new_rows,
                                           None if validation is None else validation[0]))}
     val_family = None if validation is None else column["family"][validation[0]]
