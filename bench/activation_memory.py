@@ -25,7 +25,7 @@ import numpy as np
 
 import benchlib
 from cytoself_jax.training.losses import loss_terms, total_loss
-from cytoself_jax.training.state import build_model
+from cytoself_jax.models import build_model
 
 
 def residual_bytes(config: ml_collections.ConfigDict, image_shape: Sequence[int], num_classes: int,

@@ -25,7 +25,7 @@ import numpy as np
 
 import benchlib
 import train_step
-from cytoself_jax.training.state import build_model
+from cytoself_jax.models import build_model
 
 
 @dataclasses.dataclass

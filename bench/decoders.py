@@ -23,7 +23,8 @@ import numpy as np
 import benchlib
 import train_step
 from cytoself_jax import mesh as mesh_lib
-from cytoself_jax.training.state import build_model, create_train_state
+from cytoself_jax.models import build_model
+from cytoself_jax.train_state import create_train_state
 from cytoself_jax.training.step import make_train_step
 
 DECODERS = ("paper", "pytorch_reference")

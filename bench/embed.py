@@ -20,7 +20,7 @@ import numpy as np
 import benchlib
 import train_step
 from cytoself_jax import mesh as mesh_lib
-from cytoself_jax.training.state import build_model
+from cytoself_jax.models import build_model
 
 
 def run(config: ml_collections.ConfigDict, *, batch: int, steps: int = 20, warmup: int = 2, size: int | None = None,

@@ -22,7 +22,8 @@ import numpy as np
 
 import benchlib
 from cytoself_jax import mesh as mesh_lib
-from cytoself_jax.training.state import TrainState, build_model, create_train_state
+from cytoself_jax.models import build_model
+from cytoself_jax.train_state import TrainState, create_train_state
 from cytoself_jax.training.step import make_train_step
 
 

@@ -19,7 +19,7 @@ import ml_collections
 from cytoself_jax.jsonio import read_json
 from cytoself_jax.training.checkpoint import Checkpointer
 from cytoself_jax.models import build_model
-from cytoself_jax.training.state import create_train_state
+from cytoself_jax.train_state import create_train_state
 
 CHECKPOINTS = ("best", "latest")
 

@@ -12,7 +12,8 @@ from conftest import tiny_config
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.store import open_store
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState, save_run_config
-from cytoself_jax.training.state import build_model, create_train_state
+from cytoself_jax.models import build_model
+from cytoself_jax.train_state import create_train_state
 from test_eval import _spread_codebooks
 
 

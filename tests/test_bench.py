@@ -24,7 +24,7 @@ import startup  # noqa: E402
 import suite_table  # noqa: E402
 import train_step  # noqa: E402
 import vs_pytorch  # noqa: E402
-from cytoself_jax.training.state import build_model  # noqa: E402
+from cytoself_jax.models import build_model  # noqa: E402
 
 TINY = ["--size", "32", "--num-classes", "4"]
 TIMING_KEYS = {"images_per_s", "step_s", "compile_s", "flops_per_image", "achieved_tflops", "peak_tflops",

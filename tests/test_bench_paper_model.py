@@ -15,7 +15,7 @@ sys.path.insert(0, str(BENCH))
 import decoders  # noqa: E402
 import model_selection  # noqa: E402
 from cytoself_jax.run import load_run_config  # noqa: E402
-from cytoself_jax.training.state import build_model  # noqa: E402
+from cytoself_jax.models import build_model  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.py"
 

@@ -20,7 +20,8 @@ from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import open_store, write_store
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState, save_run_config
-from cytoself_jax.training.state import build_model, create_train_state
+from cytoself_jax.models import build_model
+from cytoself_jax.train_state import create_train_state
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS = ("protein", "distance")

@@ -59,7 +59,8 @@ from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import CheckpointError, Checkpointer, RunLock, describe_latest
 from cytoself_jax.training.loop import NonFiniteLossError, codebook_warnings, evaluate, train
 from cytoself_jax.training.run_record import HISTORY_FILE, record_run
-from cytoself_jax.training.state import build_model, create_train_state
+from cytoself_jax.models import build_model
+from cytoself_jax.train_state import create_train_state
 from cytoself_jax.training.step import make_eval_step
 
 REPO = Path(__file__).resolve().parents[1]

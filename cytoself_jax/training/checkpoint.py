@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cytoself_jax.training.signals import signals_held
-from cytoself_jax.training.state import TrainState
+from cytoself_jax.train_state import TrainState
 
 # In the name of orbax's folder for a save not yet renamed to its final name (atomic commit by rename).
 _ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"

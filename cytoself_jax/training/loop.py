@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -29,8 +28,9 @@ from cytoself_jax.models.quantizer import perplexity_from_counts
 from cytoself_jax.training.losses import MONITORS, monitored_value
 from cytoself_jax.training.run_record import check_resumable, check_run_dir, check_same_store, record_run
 from cytoself_jax.training.schedule import after_validation
-from cytoself_jax.training.state import TrainState, build_model, create_train_state, with_learning_rate
-from cytoself_jax.training.step import make_eval_step, make_train_step
+from cytoself_jax.train_state import TrainState, with_learning_rate
+from cytoself_jax.models import build_model
+from cytoself_jax.training.programs import eval_step_program, init_program, train_step_program
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         store = _with_classes(store, run_splits.trained_proteins)
     h, w, _ = store.image_shape
     image_shape = (h, w, len(channels))
-    model = build_model(config, image_shape, len(store.proteins))
+    spec = build_model(config, image_shape, len(store.proteins)).spec  # a bad model setting is refused here
     mesh = mesh_lib.make_mesh()
     mesh_lib.check_batch_size(config.train.batch_size, mesh)
     n_train = len(splits["train"])
@@ -251,8 +251,8 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     with RunLock(run_dir) if primary else contextlib.nullcontext():
         checkpointer = Checkpointer(run_dir, clean_tmp=primary)
         try:
-            result = _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh,
-                                 dataset_info, steps, epoch_batches, val_batches)
+            result = _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dataset_info, steps,
+                                 epoch_batches, val_batches)
         except (OSError, CheckpointSaveError) as err:  # a write into the run failed (a full disk): say so at once
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             raise RunStoppedError(f"{where}{getattr(err, 'strerror', None) or err}; the run stopped and "
@@ -264,21 +264,21 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
         return result
 
 
-def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_shape, mesh, dataset_info, steps,
-                epoch_batches, val_batches) -> TrainResult:
+def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dataset_info, steps, epoch_batches,
+                val_batches) -> TrainResult:
     replicated = mesh_lib.replicated(mesh)
     # Placed on the mesh like the state: programs of placed arguments are kept on disk (program_cache.py)
     init_key, step_key = (jax.device_put(k, replicated) for k in jax.random.split(jax.random.PRNGKey(config.seed)))
-    # One jitted program (cached across runs by the compilation cache) instead of hundreds of eager ops
-    init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
+    # The programs are made from the whole config, the dataset record and the mesh: their key (program_cache.py).
+    # One jitted init (cached across runs by the compilation cache) instead of hundreds of eager ops.
+    programs = (config, dataset_info, mesh)
+    init = cached_program(init_program, *programs)
     loop = LoopState(learning_rate=config.train.learning_rate)
-    init_program = cached_program(jax.jit(init, out_shardings=replicated), name="init",
-                                  identity=(model.spec, config.train.learning_rate))
     if resume and checkpointer.has("latest"):
         # The restore only needs the state's structure: its shapes are enough (compiling init was a few seconds of
         # every resume, and of a finished run started again)
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                              init_program.eval_shape(init_key))
+                              init.eval_shape(init_key))
         state, loop, warning = checkpointer.restore_intact(target)
         if warning:
             log.warning(warning)
@@ -288,22 +288,17 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, model, image_sh
     else:
         if resume:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
-        state = init_program(init_key)
+        state = init(init_key)
     primary = jax.process_index() == 0
     if primary:
         record_run(run_dir, config, dataset_info, loop.epoch)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
     metrics_log.truncate_after_epoch(loop.epoch)
 
-    # The programs' identity: everything the step functions close over (program_cache.py)
-    identity = (model.spec, config.loss.to_json(), dataset_info["data_variance"])
-    train_step = mesh_lib.compiled_together(cached_program(
-        make_train_step(model, config.loss, mesh, dataset_info["data_variance"]), name="train_step",
-        identity=identity, donate_argnums=(0,)), "train step")
-    eval_step = mesh_lib.compiled_together(cached_program(
-        make_eval_step(model, config.loss, dataset_info["data_variance"]), name="eval_step", identity=identity),
-        "eval step")
-    num_codes = {"local": model.spec.vq_local.num_codes, "global": model.spec.vq_global.num_codes}
+    train_step = mesh_lib.compiled_together(cached_program(train_step_program, *programs, donate_argnums=(0,)),
+                                            "train step")
+    eval_step = mesh_lib.compiled_together(cached_program(eval_step_program, *programs), "eval step")
+    num_codes = {"local": spec.vq_local.num_codes, "global": spec.vq_global.num_codes}
     val = {}
     last_plot, plotted_epoch = time.monotonic(), None
     while not loop.stop_reason and loop.epoch < config.train.max_epochs:

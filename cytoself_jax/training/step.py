@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from cytoself_jax.models.quantizer import code_histogram
 from cytoself_jax.training.losses import config_loss_terms, total_loss
 from cytoself_jax.mesh import batch_sharding, replicated
-from cytoself_jax.training.state import TrainState, make_optimizer
+from cytoself_jax.train_state import TrainState, make_optimizer
 
 Metrics = dict[str, jax.Array]
 

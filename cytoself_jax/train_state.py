@@ -1,4 +1,9 @@
-"""The train state pytree and the optimizer: everything a step reads and writes, nothing else."""
+"""The train state pytree and the optimizer: everything a step reads and writes, nothing else.
+
+Training steps it; loading a run (run.py: eval, embed, inference) builds its structure to restore a checkpoint
+into. Its pytree nodes are registered for jax.export, so that a traced program taking or returning a state can
+be kept on disk (program_cache.py) and read back without executing code.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-
-from cytoself_jax.models import build_model  # noqa: F401  (training's model factory; defined with the model)
+from jax import export
 
 
 @flax.struct.dataclass
@@ -42,14 +46,17 @@ def create_train_state(model, image_shape: tuple[int, int, int], learning_rate: 
     )
 
 
-def learning_rate(state: TrainState) -> float:
-    """The current learning rate (host float)."""
-    return float(state.opt_state.hyperparams["learning_rate"])
-
-
 def with_learning_rate(state: TrainState, lr: float) -> TrainState:
     """The same state with a new learning rate."""
     hyper = dict(state.opt_state.hyperparams)
     old = hyper["learning_rate"]
     hyper["learning_rate"] = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+# jax.export serializes dicts, lists, tuples and None itself; the state's other nodes are named here. TrainState
+# has no static fields (its flattening's auxiliary data is the empty tuple).
+export.register_pytree_node_serialization(TrainState, serialized_name="cytoself_jax.TrainState",
+                                          serialize_auxdata=lambda aux: b"", deserialize_auxdata=lambda data: ())
+for _node in (optax.InjectStatefulHyperparamsState, optax.ScaleByAdamState, optax.EmptyState):
+    export.register_namedtuple_serialization(_node, serialized_name=f"optax.{_node.__name__}")
