@@ -6,15 +6,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from cytoself_jax.compile_cache import enable_compilation_cache
+from cytoself_jax.compile_cache import ENV_VAR, enable_compilation_cache
 
-# Many tests build the same small models: with JAX's persistent cache (the user's, or $CYTOSELF_JAX_CACHE) each
-# distinct program compiles once, not once per test nor once per pytest run; train.py and eval.py started by
-# tests inherit the environment and use the same folder.
+# Many tests build the same small models: with JAX's persistent cache each distinct program compiles once per
+# session, not once per test. The tests' cache is their own (never the user's ~/.cache/cytoself_jax nor a
+# $CYTOSELF_JAX_CACHE of theirs): a temporary folder per session (per xdist worker), removed at exit; train.py
+# and eval.py started by tests inherit it through the environment.
+_TEST_CACHE = Path(tempfile.mkdtemp(prefix="cytoself-jax-test-cache-"))
+atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
+os.environ[ENV_VAR] = str(_TEST_CACHE)
 enable_compilation_cache()
 
 SHARED_YEAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "yeast-lu2019"
