@@ -22,16 +22,17 @@ import numpy as np
 import pandas as pd
 
 import benchlib
-from cytoself_jax.analysis import atlas_html
+from cytoself_jax.analysis import atlas_html, thumbnails
 
 PLOTLY_DRAWN = ("const g = document.getElementById('atlas');"
-                " return !!(g && g._fullLayout && g._fullData && g._fullData.length && g.on);")
+                " return !!(g && g.dataset.ready && g._fullLayout && g._fullData && g._fullData.length);")
 BOKEH_DRAWN = "return !!(window.Bokeh && Bokeh.documents.length && Bokeh.documents[0].is_idle);"
 
 
 def headless_chromium(width: int = 1300, height: int = 900):
     """A selenium driver of Debian's headless chromium (None when chromium or its driver is not installed).
-    Software WebGL (SwiftShader) stands in for a GPU; the browser console is kept for get_log('browser')."""
+    Software WebGL (SwiftShader) stands in for a GPU; the browser console is kept for get_log('browser') and the
+    DevTools network events for network_requests()."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
     if not (chromium and driver_path):
@@ -44,7 +45,7 @@ def headless_chromium(width: int = 1300, height: int = 900):
                 f"--window-size={width},{height}"):
         options.add_argument(arg)
     options.binary_location = chromium
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     return webdriver.Chrome(options=options, service=Service(driver_path))  # no selenium-manager download
 
 
@@ -57,6 +58,25 @@ def wait_for(driver, script: str, timeout: float = 300.0):
             return value
         time.sleep(0.02)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for: {script}")
+
+
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "devtools:")
+
+
+def network_requests(driver) -> list[str]:
+    """URLs of the requests the page sent since the last call (DevTools Network.requestWillBeSent events from
+    the performance log), those to the page's own file, data: and blob: URLs left out: what reached for a
+    network."""
+    import json as _json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = _json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            url = message["params"]["request"]["url"]
+            if not url.startswith(LOCAL_SCHEMES):
+                urls.append(url)
+    return urls
 
 
 def hover_row(driver, row: int, timeout: float = 30.0) -> str:
@@ -89,8 +109,8 @@ def screenshot(html: Path, png: Path, row: int | None = None) -> str:
         driver.get(Path(html).resolve().as_uri())
         wait_for(driver, PLOTLY_DRAWN)
         if row is None:
-            row = int(driver.execute_script("return Number(Object.keys(JSON.parse(document.getElementById("
-                                            "'atlas-meta').textContent).thumb_of)[0]);"))
+            row = int(driver.execute_script("return JSON.parse(document.getElementById("
+                                            "'atlas-meta').textContent).thumb_rows[0];"))
         label = hover_row(driver, row)
         time.sleep(0.5)
         driver.save_screenshot(str(png))
@@ -157,7 +177,8 @@ def main() -> None:
     xy, table = synthetic_points(args.points, args.proteins, args.families)
     rng = np.random.default_rng(1)
     start = time.perf_counter()
-    thumbs = {int(r): atlas_html.thumbnail_png(rng.gamma(2.0, size=(64, 64)))
+    thumbs = {int(r): thumbnails.composite_png(rng.gamma(2.0, size=(64, 64)), (0.0, 8.0), rng.gamma(2.0, size=(64, 64)),
+                                               (0.0, 8.0), bar_um=5, pixel_size_um=0.2)
               for r in atlas_html.thumbnail_rows(table["protein"].to_numpy(), args.thumbnails)}
     folder = Path(tempfile.mkdtemp(prefix="html_atlas-"))
     info = atlas_html.write_atlas_html(folder / "atlas.html", xy, table, thumbs)

@@ -133,3 +133,46 @@ def test_atlas_panels_share_one_palette(tmp_path):
     assert [f.name for f in files] == ["panels.png"] and files[0].stat().st_size > 5000
     with pytest.raises(ValueError, match="panels"):
         plot_atlas_panels([], tmp_path / "none.png")
+
+
+def test_family_colours_are_distinct_for_colour_blind_readers():
+    """The first COLOUR_BLIND_SAFE colours stay >= 14 CIELAB units apart (and from grey and white) in normal vision
+    and under simulated deuteranopia, protanopia and tritanopia (Machado et al. 2009, severity 1)."""
+    from cytoself_jax.analysis import colours
+
+    machado = {"deutan": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+               "protan": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+               "tritan": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]}
+
+    def linear(c):
+        return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+    def lab(lin):
+        xyz = lin @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+        f = xyz / np.array([0.95047, 1.0, 1.08883])
+        f = np.where(f > 0.008856, np.cbrt(f), 7.787 * f + 16 / 116)
+        return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], -1)
+
+    hexes = list(colours.PALETTE[:colours.COLOUR_BLIND_SAFE]) + [colours.UNANNOTATED_GREY, "#FFFFFF"]
+    lin = linear(np.array([colours.rgb(h) for h in hexes]))
+    for name, m in [("normal", np.eye(3)), *machado.items()]:
+        # simulate in linear RGB, back to sRGB and on to CIELAB (lab() expects linear values)
+        seen = np.clip(lin @ np.array(m).T, 0, 1)
+        points = lab(seen)
+        d = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(len(hexes)) * 1e9
+        assert d.min() >= 14, name
+    assert len(set(colours.PALETTE)) == len(colours.PALETTE)
+
+
+def test_one_family_palette_and_legend_order():
+    from cytoself_jax.analysis import colours
+
+    names = ["golgi", "", "others", "er", "nuclear speckles", "mixed"]
+    assert colours.legend_order(names) == ["er", "golgi", "nuclear speckles", "others", "mixed", "unannotated"]
+    palette = colours.family_colours(names)
+    assert list(palette) == colours.legend_order(names)
+    assert palette["unannotated"] == colours.UNANNOTATED_GREY
+    assert colours.UNANNOTATED_GREY not in [palette[n] for n in names if n]  # grey means unannotated only
+    assert len({palette[n] for n in palette}) == len(palette)
+    with pytest.warns(UserWarning, match="colours repeat"):
+        colours.category_colours([str(i) for i in range(len(colours.PALETTE) + 1)])

@@ -8,9 +8,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from cytoself_jax.analysis.colours import UNANNOTATED, category_colours, family_colours, family_label, rgb
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
 from cytoself_jax.figures import GREY, categorical_palette, save_figure
-from cytoself_jax.analysis.scores import NON_CLASSES
 
 
 def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
@@ -56,42 +56,43 @@ def _finish_axes(ax, title: str) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _draw_families(ax, xy: np.ndarray, families: np.ndarray, palette: dict, grey: Sequence[str], alpha: float,
-                   title: str, legend: bool = True) -> None:
-    """One atlas scatter on ax: grey classes underneath, the largest families first so small ones stay on top."""
+def _draw_families(ax, xy: np.ndarray, families: np.ndarray, palette: dict[str, str], alpha: float, title: str,
+                   legend: bool = True, legend_title: str = "family (crops)") -> None:
+    """One atlas scatter on ax: unannotated underneath, the largest groups first so small ones stay on top; the
+    legend in legend order (colours.legend_order) with the page's and the h5ad files' colours."""
     names, counts = np.unique(families, return_counts=True)
-    grey_names = [n for n in names if n in grey]
-    coloured = sorted((n for n in names if n not in grey), key=lambda n: -counts[names == n][0])
+    count = dict(zip(names, counts))
     size = _marker_size(len(xy))
-    for name in grey_names + coloured:
+    for name in sorted(names, key=lambda n: (n != UNANNOTATED, -count[n])):
         sel = families == name
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=palette[name], alpha=alpha if name in coloured else 0.4,
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=palette[name], alpha=0.4 if name == UNANNOTATED else alpha,
                    linewidths=0, rasterized=True)
     if legend:
-        entries = [(f"{n} ({counts[names == n][0]})", palette[n]) for n in sorted(coloured)]
-        entries += [(f"{n or 'unannotated'} ({counts[names == n][0]})", GREY) for n in grey_names]
-        _scatter_legend(ax, entries, "family (crops)")
+        entries = [(f"{n} ({count[n]})", rgb(palette[n])) for n in palette if n in count]
+        _scatter_legend(ax, entries, legend_title)
     _finish_axes(ax, title)
 
 
-def plot_atlas(coords, families, path: str | Path, title: str = "Localization atlas (UMAP)",
-               grey: Sequence[str] = NON_CLASSES, alpha: float = 0.5, svg: bool = True) -> list[Path]:
-    """Scatter of UMAP coords (N, 2), one point per crop, coloured by localization family (N,).
-
-    Families in `grey` (others, mixed, unannotated) go underneath in light grey; the largest families are drawn
-    first so small ones stay visible on top. Legend: family (number of crops). Returns the files written.
-    """
+def plot_atlas(coords, families, path: str | Path, title: str = "Localization atlas (UMAP)", by: str = "family",
+               alpha: float = 0.5, svg: bool = True) -> list[Path]:
+    """Scatter of UMAP coords (N, 2), one point per crop, coloured by localization family (N,) with the colours
+    of atlas.html and the h5ad files (colours.py; unannotated crops grey, underneath), or with by='protein' by
+    any other label. Legend: label (number of crops). Returns the files written."""
     xy = _check_coords(coords, "plot_atlas")
     families = as_labels(families, len(xy), "plot_atlas", "families")
-    names = np.unique(families)
-    palette = categorical_palette(names, grey=[g for g in grey if g in names])
+    if by == "family":
+        families = np.array([family_label(f) for f in families], dtype=object)
+        palette = family_colours(families)
+    else:
+        palette = category_colours(sorted(set(families)), repeat_ok=True)
     fig = Figure(figsize=(8.5, 6.5), layout="constrained")
-    _draw_families(fig.subplots(), xy, families, palette, grey, alpha, f"{title}\n{len(xy)} crops")
+    _draw_families(fig.subplots(), xy, families, palette, alpha, f"{title}\n{len(xy)} crops",
+                   legend_title=f"{by} (crops)")
     return save_figure(fig, path, svg=svg)
 
 
 def plot_atlas_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path,
-                      grey: Sequence[str] = NON_CLASSES, alpha: float = 0.5, svg: bool = True) -> list[Path]:
+                      alpha: float = 0.5, svg: bool = True) -> list[Path]:
     """Several atlases side by side with one shared family palette (e.g. the ablation variants).
 
     panels: (title, coords (N, 2), families (N,)) each. The legend is drawn once, beside the last panel."""
@@ -100,13 +101,13 @@ def plot_atlas_panels(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path
     checked = []
     for title, coords, families in panels:
         xy = _check_coords(coords, "plot_atlas_panels")
-        checked.append((title, xy, as_labels(families, len(xy), "plot_atlas_panels", "families")))
-    names = np.unique(np.concatenate([f for _, _, f in checked]))
-    palette = categorical_palette(names, grey=[g for g in grey if g in names])
+        labels = as_labels(families, len(xy), "plot_atlas_panels", "families")
+        checked.append((title, xy, np.array([family_label(f) for f in labels], dtype=object)))
+    palette = family_colours(np.concatenate([f for _, _, f in checked]))
     fig = Figure(figsize=(3.6 * len(checked) + 1.8, 4.0), layout="constrained")
     axes = fig.subplots(1, len(checked), squeeze=False)[0]
     for i, (ax, (title, xy, families)) in enumerate(zip(axes, checked)):
-        _draw_families(ax, xy, families, palette, grey, alpha, title, legend=i == len(checked) - 1)
+        _draw_families(ax, xy, families, palette, alpha, title, legend=i == len(checked) - 1)
     return save_figure(fig, path, svg=svg)
 
 

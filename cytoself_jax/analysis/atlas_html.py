@@ -1,49 +1,47 @@
-"""The interactive atlas: one self-contained HTML file (plotly.js inlined, opens offline from disk).
+"""The interactive atlas: one self-contained HTML page (plotly.js inlined; it opens offline from disk and reaches
+no network: every control that would send data away is switched off, `PLOTLY_CONFIG`).
 
-Every crop is a point of the UMAP, coloured by family (one WebGL `scattergl` trace per family, so the legend
-toggles families: click hides one, double-click shows only that one). Hovering a point shows its protein and
-family in plotly's label, and protein, family, field and a thumbnail of the crop in a side panel; a search box
-highlights all crops of a protein; zoom with the wheel or a box, pan with shift-drag (or the toolbar).
+Every crop is a point of the UMAP. The page (JavaScript in `_SCRIPT`, plotly.js does the drawing) offers:
+- colour by family, Leiden community, protein or split (one WebGL trace per group, so the legend hides a group on
+  click and isolates it on double-click; with more than `MAX_LEGEND` groups one trace, coloured per point);
+- hover: plotly's label names protein and group; the side panel shows protein, family, field and the crop's
+  composite thumbnail (thumbnails.py);
+- search: case-insensitive prefix of protein names; the matching crops are outlined (only in shown groups), the
+  view zooms to them and the panel shows the protein with its nearest proteins as links;
+- lasso or box selection: the panel lists the selected proteins and crops and saves them as CSV (in the browser);
+- the axes keep their range when groups are hidden; the plot's height follows the window; the wheel scrolls the
+  page (Ctrl or Cmd + wheel zooms);
+- a provenance block (run, checkpoint, UMAP seed and parameters, date).
 
-Why plotly: at 100,000 points it opened about twice as fast as bokeh's WebGL backend in headless chromium
-(docs/ATLAS.md has the measurement). Its renderer is plotly.js; the few lines of JavaScript here only wire the
-side panel and the search box to plotly's events.
-
-Thumbnails: an image per crop would make the file grow by ~1 kB per point (100 MB at 100k points), so only a
-seeded subsample of crops (`max_thumbnails`) gets its own thumbnail, plus one representative crop per protein;
-hovering any other crop shows its protein's representative, captioned as such.
+Thumbnails: one per crop would add ~2-4 kB per point, so only a seeded subsample (`max_thumbnails`) gets its own,
+plus one representative crop per protein; hovering any other crop shows its protein's representative, captioned.
+Why plotly: at 100,000 points it opened faster than bokeh's WebGL backend (docs/ATLAS.md).
 """
 from __future__ import annotations
 
 import base64
-import io
+import html
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from cytoself_jax.analysis.colours import category_colours, family_colours, family_label, legend_order
 from cytoself_jax.analysis.common import as_labels, fail
-from cytoself_jax.figures import categorical_palette
-from cytoself_jax.analysis.scores import NON_CLASSES
 
-THUMBNAIL_PIXELS = 48  # side of a thumbnail; crops are resized to it (grayscale PNG, ~1 kB)
-SEARCH_TRACE = "search"  # name of the trace that draws the searched protein's crops on top
-
-
-def thumbnail_png(image: np.ndarray, size: int = THUMBNAIL_PIXELS) -> str:
-    """A data URI (base64 PNG, grayscale, size x size) of one 2-D image (H, W), scaled from its own 1st to
-    99.8th percentile to 0..255."""
-    from PIL import Image
-
-    plane = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(plane, [1.0, 99.8])
-    scaled = np.clip((plane - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(plane)
-    picture = Image.fromarray((scaled * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+SEARCH_TRACE = "search"  # name of the trace that outlines the searched proteins' crops, drawn last
+MAX_LEGEND = 40  # a colour-by with more groups is one trace coloured per point, without legend entries
+COLOUR_BY = ("family", "leiden", "protein", "split")  # table columns the page can colour by, in menu order
+COLOUR_BY_TITLES = {"family": "family", "leiden": "Leiden community (protein graph)", "protein": "protein",
+                    "split": "split"}
+# No control that reaches the network: no "share chart" (plotly.js 4 shows it unless told: showSendToCloud
+# defaults to true and plotlyServerURL to plotly's cloud), no plotly logo link, no "edit in Chart Studio" link.
+PLOTLY_CONFIG = {"showSendToCloud": False, "showEditInChartStudio": False, "showLink": False,
+                 "plotlyServerURL": "", "displaylogo": False, "modeBarButtonsToRemove": ["sendChartToCloud"],
+                 "scrollZoom": False, "responsive": True, "displayModeBar": True, "typesetMath": False,
+                 "toImageButtonOptions": {"filename": "atlas", "scale": 2}}
 
 
 def thumbnail_rows(proteins: np.ndarray, max_thumbnails: int, seed: int = 0) -> np.ndarray:
@@ -56,15 +54,38 @@ def thumbnail_rows(proteins: np.ndarray, max_thumbnails: int, seed: int = 0) -> 
     return np.sort(np.concatenate([first, chosen]).astype(np.int64))
 
 
-def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: dict[int, str],
-                     title: str = "Localization atlas") -> dict:
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def _groups(key: str, values: np.ndarray) -> dict:
+    """One colour-by entry: group names in legend order, each crop's group code (base64 int32) and colours."""
+    if key == "family":
+        labels = np.array([family_label(v) for v in values], dtype=object)
+        names, colours = legend_order(labels), family_colours(labels)
+    else:
+        labels = values
+        distinct = sorted(set(values), key=lambda v: (len(v), v) if key == "leiden" else v)
+        names, colours = distinct, category_colours(distinct, repeat_ok=True)
+    code_of = {n: i for i, n in enumerate(names)}
+    codes = np.array([code_of[v] for v in labels], dtype=np.int32)
+    return {"title": COLOUR_BY_TITLES.get(key, key), "names": list(names), "colours": [colours[n] for n in names],
+            "codes": _b64(codes), "legend": len(names) <= MAX_LEGEND}
+
+
+def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: Mapping[int, str],
+                     title: str = "Localization atlas", *, neighbours: Mapping[str, Sequence] | None = None,
+                     provenance: Mapping[str, object] | None = None, thumbnail_note: str = "") -> dict:
     """Write the interactive atlas of N crops to path (.html).
 
-    coords (N, 2) UMAP coordinates; table has N rows with columns protein, family, fov; thumbnails maps a row
-    position to a data URI (thumbnail_png), and must hold one row of every protein (thumbnail_rows does).
+    coords (N, 2) UMAP coordinates; table: N rows with columns protein, family, fov and optionally leiden and
+    split (each becomes a colour-by choice); thumbnails: row position -> data URI (thumbnails.composite_png), one
+    row of every protein at least (thumbnail_rows); neighbours: protein -> [(neighbour, similarity), ...] shown
+    as links when a search finds the protein; provenance: label -> value, listed in the page; thumbnail_note:
+    one line under every thumbnail (what its colours and scale bar mean).
     Returns {"points", "thumbnails", "bytes"}.
     """
-    import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
 
     where = "write_atlas_html"
     xy = np.asarray(coords, dtype=np.float32)
@@ -74,48 +95,40 @@ def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: 
     if missing or len(table) != len(xy):
         raise fail(where, "table", f"expected {len(xy)} rows with columns protein, family, fov; got {len(table)} "
                    f"rows, missing {missing}")
-    proteins = as_labels(table["protein"].to_numpy(), len(xy), where, "table.protein")
-    families = as_labels(table["family"].to_numpy(), len(xy), where, "table.family")
-    fov_names, fov_of = np.unique(as_labels(table["fov"].to_numpy(), len(xy), where, "table.fov"),
-                                  return_inverse=True)
+    columns = {c: as_labels(table[c].to_numpy(), len(xy), where, f"table.{c}") for c in ("protein", "fov")}
+    proteins = columns["protein"]
     unseen = sorted(set(proteins) - {proteins[r] for r in thumbnails})
     if unseen:
         raise fail(where, "thumbnails", f"expected a thumbnail of every protein, none for {unseen[:5]}")
 
-    thumb_rows = sorted(thumbnails)
-    thumb_index = {row: i for i, row in enumerate(thumb_rows)}
+    thumb_rows = sorted(int(r) for r in thumbnails)
+    colour_by = {key: _groups(key, as_labels(table[key].to_numpy(), len(xy), where, f"table.{key}"))
+                 for key in COLOUR_BY if key in table.columns}
+    protein_names = colour_by["protein"]["names"]
+    protein_index = {p: i for i, p in enumerate(protein_names)}
     representative = {}
-    for row in thumb_rows:
-        representative.setdefault(proteins[row], thumb_index[row])
-
-    names, counts = np.unique(families, return_counts=True)
-    palette = categorical_palette(names, grey=NON_CLASSES)
-    fig = go.Figure()
-    # Grey (unannotated) classes first and large families before small ones, so small families stay on top.
-    for name in sorted(names, key=lambda n: (n not in NON_CLASSES, -counts[names == n][0], n)):
-        rows = np.flatnonzero(families == name)
-        label = name or "unannotated"
-        fig.add_trace(go.Scattergl(
-            x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=f"{label} ({len(rows)})", text=proteins[rows],
-            customdata=rows.astype(np.int32),
-            marker={"size": 4 if len(xy) > 20_000 else 6, "opacity": 0.7, "color": _css(palette[name])},
-            hovertemplate=f"<b>%{{text}}</b><br>{label}<extra></extra>",
-        ))
-    fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", name=SEARCH_TRACE, showlegend=False, hoverinfo="skip",
-                               marker={"size": 9, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "black"}}))
-    fig.update_layout(
-        title=title, template="plotly_white", dragmode="zoom", hovermode="closest", height=760,
-        xaxis={"title": "UMAP 1", "showticklabels": False}, yaxis={"title": "UMAP 2", "showticklabels": False,
-                                                                      "scaleanchor": "x"},
-        legend={"title": {"text": "family (crops): click hides, double-click isolates"}, "itemsizing": "constant"},
-        margin={"l": 40, "r": 20, "t": 50, "b": 40},
-    )
-    meta = {"fovs": fov_names.tolist(), "fov_of": fov_of.astype(int).tolist(),
-            "thumbs": [thumbnails[r] for r in thumb_rows], "thumb_of": {str(r): i for r, i in thumb_index.items()},
-            "representative": representative, "proteins": sorted(set(proteins)), "search_trace": SEARCH_TRACE}
-    plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id="atlas",
-                       config={"scrollZoom": True, "displaylogo": False, "responsive": True})
-    page = _PAGE.format(title=_escape(title), plot=plot, script=_SCRIPT,
+    for i, row in enumerate(thumb_rows):
+        representative.setdefault(protein_index[proteins[row]], i)
+    fov_names, fov_of = np.unique(columns["fov"], return_inverse=True)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    pad = 0.04 * np.maximum(hi - lo, 1e-3)
+    family_of = {}
+    for p, f in zip(proteins, table["family"].to_numpy()):
+        family_of.setdefault(p, family_label(f if isinstance(f, str) else ""))
+    meta = {
+        "x": _b64(xy[:, 0]), "y": _b64(xy[:, 1]), "n": int(len(xy)), "colour_by": colour_by,
+        "fovs": fov_names.tolist(), "fov_of": _b64(fov_of.astype(np.int32)),
+        "thumbs": [thumbnails[r] for r in thumb_rows], "thumb_rows": thumb_rows, "representative": representative,
+        "protein_family": [family_of[p] for p in protein_names],
+        "neighbours": {p: [[str(n), round(float(s), 4)] for n, s in near] for p, near in (neighbours or {}).items()},
+        "range": {"x": [float(lo[0] - pad[0]), float(hi[0] + pad[0])], "y": [float(lo[1] - pad[1]),
+                                                                            float(hi[1] + pad[1])]},
+        "marker": 4 if len(xy) > 20_000 else 6, "search_trace": SEARCH_TRACE, "title": title,
+        "thumbnail_note": thumbnail_note, "config": PLOTLY_CONFIG,
+    }
+    options = "".join(f'<option value="{k}">{html.escape(v["title"])}</option>' for k, v in colour_by.items())
+    page = _PAGE.format(title=html.escape(title), plotlyjs=get_plotlyjs(), script=_SCRIPT, options=options,
+                        provenance=_provenance_html(provenance or {}),
                         meta=json.dumps(meta, separators=(",", ":")).replace("</", "<\\/"))
     path = Path(path).with_suffix(".html")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,76 +136,248 @@ def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: 
     return {"points": int(len(xy)), "thumbnails": len(thumb_rows), "bytes": path.stat().st_size}
 
 
-def _css(colour: Sequence[float]) -> str:
-    r, g, b = (int(round(255 * c)) for c in colour[:3])
-    return f"rgb({r},{g},{b})"
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _provenance_html(provenance: Mapping[str, object]) -> str:
+    if not provenance:
+        return ""
+    rows = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in provenance.items())
+    return f'<details id="provenance" open><summary>Provenance</summary><dl>{rows}</dl></details>'
 
 
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval';
+ style-src 'unsafe-inline'; img-src data: blob:; worker-src blob:; connect-src 'none'">
 <style>
-body {{ font-family: sans-serif; margin: 8px; display: flex; gap: 12px; }}
+body {{ font-family: sans-serif; margin: 8px; display: flex; gap: 12px; align-items: flex-start; }}
 #main {{ flex: 1; min-width: 0; }}
-#side {{ flex: 0 0 210px; font-size: 13px; }}
-#search {{ width: 200px; }}
+#atlas {{ height: calc(100vh - 24px); min-height: 380px; }}
+#side {{ flex: 0 0 230px; font-size: 13px; max-height: calc(100vh - 16px); overflow-y: auto; position: sticky;
+  top: 8px; }}
+#search, #colour-by {{ width: 220px; }}
 #crop img {{ width: 192px; height: 192px; image-rendering: pixelated; border: 1px solid #ccc; }}
 .caption {{ color: #666; font-size: 11px; }}
+a.protein {{ color: #0b5394; cursor: pointer; }}
+#selection-list {{ max-height: 160px; overflow-y: auto; }}
+dl {{ margin: 2px 0; font-size: 11px; }} dt {{ font-weight: bold; }} dd {{ margin: 0 0 3px 6px; word-break: break-all; }}
 </style></head>
 <body><div id="side">
-<label for="search">Find a protein</label><br><input id="search" list="protein-names" placeholder="protein name">
-<datalist id="protein-names"></datalist><div id="search-status" class="caption"></div><hr>
-<div id="crop"><div class="caption">Hover over a point to see its crop.</div></div>
+<label for="search">Find a protein</label><br>
+<input id="search" placeholder="name or start of a name" autocomplete="off">
+<div id="search-status" class="caption"></div>
+<label for="colour-by">Colour by</label><br><select id="colour-by">{options}</select><hr>
+<div id="crop"><div class="caption">Hover over a point to see its crop; search to see a protein and the proteins
+nearest to it.</div></div><hr>
+<div id="selection"><div class="caption">Lasso or box select (toolbar) to list crops.</div></div><hr>
+{provenance}
+<div class="caption">Wheel: scrolls the page; Ctrl/Cmd + wheel, drag a box or the toolbar: zoom. Double-click:
+whole map. Legend: click hides a group, double-click shows it alone.</div>
 </div>
-<div id="main">{plot}</div>
+<div id="main"><div id="atlas"></div></div>
+<script>{plotlyjs}</script>
 <script type="application/json" id="atlas-meta">{meta}</script>
 <script>{script}</script>
 </body></html>
 """
 
-# Glue only: the side panel follows plotly_hover; the search box fills the search trace with a protein's crops.
-_SCRIPT = """
+# The page's glue: traces built from the base64 columns, hover panel, search, colour-by, lasso, Ctrl+wheel zoom.
+_SCRIPT = r"""
 (function () {
-  const gd = document.getElementById('atlas');
   const meta = JSON.parse(document.getElementById('atlas-meta').textContent);
-  const crop = document.getElementById('crop');
-  const status = document.getElementById('search-status');
-  const searchTrace = gd.data.findIndex(t => t.name === meta.search_trace);
-  const names = document.getElementById('protein-names');
-  for (const p of meta.proteins) { const o = document.createElement('option'); o.value = p; names.appendChild(o); }
+  const gd = document.getElementById('atlas');
+  const $ = id => document.getElementById(id);
+  function decode(b64, Type) {
+    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+    return new Type(bytes.buffer);
+  }
+  const X = decode(meta.x, Float32Array), Y = decode(meta.y, Float32Array), FOV = decode(meta.fov_of, Int32Array);
+  const codes = {};
+  for (const k in meta.colour_by) codes[k] = decode(meta.colour_by[k].codes, Int32Array);
+  const proteinNames = meta.colour_by.protein.names, PROT = codes.protein;
+  const thumbOf = new Map(meta.thumb_rows.map((r, i) => [r, i]));
+  const familyOf = i => meta.protein_family[PROT[i]];
+  let key = 'family', searchHits = [], selectedRows = [];
+
+  function traces(k) {
+    const c = meta.colour_by[k], code = codes[k], out = [];
+    const groupRows = c.names.map(() => []);
+    for (let i = 0; i < meta.n; i++) groupRows[code[i]].push(i);
+    function trace(rows, name, colour, rank) {
+      return {type: 'scattergl', mode: 'markers', name: name, legendrank: rank,
+              x: rows.map(i => X[i]), y: rows.map(i => Y[i]), customdata: rows,
+              text: rows.map(i => proteinNames[PROT[i]]),
+              marker: {size: meta.marker, opacity: 0.75, color: colour},
+              hovertemplate: k === 'protein' ? '<b>%{text}</b><extra></extra>'
+                : '<b>%{text}</b><br>' + (k === 'leiden' ? 'community ' : '') + name.replace(/ \(\d+\)$/, '')
+                  + '<extra></extra>'};
+    }
+    if (c.legend) {
+      // Unannotated underneath, then the largest groups first, so small groups stay on top; legend in name order.
+      const order = c.names.map((n, g) => g).sort((a, b) =>
+        (c.names[b] === 'unannotated') - (c.names[a] === 'unannotated') || groupRows[b].length - groupRows[a].length);
+      for (const g of order) if (groupRows[g].length)
+        out.push(trace(groupRows[g], c.names[g] + ' (' + groupRows[g].length + ')', c.colours[g], 1000 + g));
+    } else {
+      const all = Array.from({length: meta.n}, (_, i) => i);
+      const t = trace(all, c.title, all.map(i => c.colours[code[i]]), 1000);
+      t.showlegend = false; out.push(t);
+    }
+    out.push({type: 'scattergl', mode: 'markers', name: meta.search_trace, showlegend: false, hoverinfo: 'skip',
+              x: [], y: [], marker: {size: meta.marker + 5, color: 'rgba(0,0,0,0)',
+                                     line: {width: 2, color: 'black'}}});
+    return out;
+  }
+  function layout(k) {
+    return {title: {text: meta.title}, dragmode: 'zoom', hovermode: 'closest',
+            autosize: true, uirevision: 'atlas', plot_bgcolor: 'white', paper_bgcolor: 'white',
+            xaxis: {title: {text: 'UMAP 1'}, showticklabels: false, zeroline: false, showgrid: false,
+                    range: meta.range.x.slice(), autorange: false},
+            yaxis: {title: {text: 'UMAP 2'}, showticklabels: false, zeroline: false, showgrid: false,
+                    range: meta.range.y.slice(), autorange: false, scaleanchor: 'x'},
+            legend: {title: {text: meta.colour_by[k].title + ' (crops): click hides, double-click isolates'},
+                     itemsizing: 'constant'},
+            margin: {l: 40, r: 20, t: 50, b: 40}};
+  }
+  const searchIndex = () => gd.data.findIndex(t => t.name === meta.search_trace);
 
   function line(label, value) {
     const div = document.createElement('div');
     const b = document.createElement('b'); b.textContent = label + ': ';
     div.appendChild(b); div.appendChild(document.createTextNode(value)); return div;
   }
-  gd.on('plotly_hover', function (ev) {
-    const p = ev.points[0];
-    if (p.curveNumber === searchTrace) return;
-    const row = p.customdata, own = meta.thumb_of[String(row)];
-    const img = document.createElement('img');
-    img.src = meta.thumbs[own !== undefined ? own : meta.representative[p.text]];
-    crop.replaceChildren(line('protein', p.text), line('family', p.data.name.replace(/ \\(\\d+\\)$/, '')),
-                         line('field', meta.fovs[meta.fov_of[row]]), img);
-    const cap = document.createElement('div'); cap.className = 'caption';
-    cap.textContent = own !== undefined ? 'this crop (protein channel)' : 'another crop of ' + p.text +
-                      ' (this one has no thumbnail in the file)';
-    crop.appendChild(cap);
-  });
-  function search() {
-    const name = document.getElementById('search').value.trim();
-    const xs = [], ys = [];
-    // _fullData: the traces as plotly resolved them (gd.data keeps numpy's base64 arrays encoded).
-    if (name) gd._fullData.forEach(function (t, i) {
-      if (i === searchTrace || !t.text) return;
-      for (let j = 0; j < t.text.length; j++) if (t.text[j] === name) { xs.push(t.x[j]); ys.push(t.y[j]); }
-    });
-    Plotly.restyle(gd, {x: [xs], y: [ys]}, [searchTrace]);
-    status.textContent = !name ? '' : (xs.length ? name + ': ' + xs.length + ' crops outlined' : 'no crop of ' + name);
+  function caption(text) { const d = document.createElement('div'); d.className = 'caption'; d.textContent = text; return d; }
+  function thumb(i) { const img = document.createElement('img'); img.src = meta.thumbs[i]; return img; }
+  function proteinLink(name, suffix) {
+    const a = document.createElement('a'); a.className = 'protein'; a.href = '#'; a.textContent = name;
+    a.addEventListener('click', ev => { ev.preventDefault(); $('search').value = name; search(true); });
+    const div = document.createElement('div'); div.appendChild(a);
+    if (suffix) div.appendChild(document.createTextNode(suffix)); return div;
   }
-  document.getElementById('search').addEventListener('input', search);
+
+  function showCrop(row) {
+    const own = thumbOf.get(row), p = proteinNames[PROT[row]];
+    const parts = [line('protein', p), line('family', familyOf(row)), line('field', meta.fovs[FOV[row]])];
+    if (key !== 'family' && key !== 'protein')
+      parts.push(line(meta.colour_by[key].title, meta.colour_by[key].names[codes[key][row]]));
+    parts.push(thumb(own !== undefined ? own : meta.representative[PROT[row]]));
+    parts.push(caption(own !== undefined ? 'this crop' : 'another crop of ' + p + ' (this one has no thumbnail in the file)'));
+    if (meta.thumbnail_note) parts.push(caption(meta.thumbnail_note));
+    $('crop').replaceChildren(...parts);
+  }
+  function showProtein(p) {
+    const idx = proteinNames.indexOf(p);
+    const parts = [line('protein', p), line('family', meta.protein_family[idx]),
+                   line('crops', String(PROT.reduce((s, v) => s + (v === idx), 0))),
+                   thumb(meta.representative[idx]), caption('a crop of ' + p)];
+    const near = meta.neighbours[p];
+    if (near && near.length) {
+      const h = document.createElement('div'); h.id = 'nearest';
+      h.appendChild(caption('nearest proteins (cosine similarity of mean embeddings):'));
+      for (const [n, s] of near) h.appendChild(proteinLink(n, ' ' + s.toFixed(3)));
+      parts.push(h);
+    }
+    $('crop').replaceChildren(...parts);
+  }
+  function showMatches(names) {
+    const parts = [caption(names.length + ' proteins start with this:')];
+    for (const n of names.slice(0, 30)) parts.push(proteinLink(n, ''));
+    if (names.length > 30) parts.push(caption('and ' + (names.length - 30) + ' more'));
+    $('crop').replaceChildren(...parts);
+  }
+
+  // Search: case-insensitive prefix; outlines the hits in shown groups; zoom to them when asked (typing).
+  function search(zoom) {
+    const q = $('search').value.trim().toLowerCase();
+    const matched = q ? proteinNames.filter(n => n.toLowerCase().startsWith(q)) : [];
+    const wanted = new Set(matched.map(n => proteinNames.indexOf(n)));
+    const xs = [], ys = [];
+    searchHits = [];
+    gd.data.forEach(function (t, ti) {
+      if (t.name === meta.search_trace || t.visible === 'legendonly' || !t.customdata) return;
+      for (const i of t.customdata) if (wanted.has(PROT[i])) { xs.push(X[i]); ys.push(Y[i]); searchHits.push(i); }
+    });
+    Plotly.restyle(gd, {x: [xs], y: [ys]}, [searchIndex()]);
+    $('search-status').textContent = !q ? '' : (xs.length ? matched.length + ' protein' + (matched.length > 1 ? 's' : '')
+      + ', ' + xs.length + ' crops outlined' : 'no shown crop of a protein starting with "' + q + '"');
+    if (!matched.length) return;
+    const exact = matched.find(n => n.toLowerCase() === q);
+    if (exact || matched.length === 1) showProtein(exact || matched[0]); else showMatches(matched);
+    if (zoom && xs.length) {
+      let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+      const px = Math.max((x1 - x0) * 0.15, (meta.range.x[1] - meta.range.x[0]) * 0.03);
+      const py = Math.max((y1 - y0) * 0.15, (meta.range.y[1] - meta.range.y[0]) * 0.03);
+      Plotly.relayout(gd, {'xaxis.range': [x0 - px, x1 + px], 'yaxis.range': [y0 - py, y1 + py]});
+    }
+  }
+
+  // Lasso / box selection: the selected crops listed by protein, saved as CSV from the browser (a Blob).
+  function csvField(v) { v = String(v); return /[",\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
+  function selectionCsv(rows) {
+    const head = ['crop', 'protein', 'family', 'field'].concat(Object.keys(meta.colour_by).filter(k =>
+      k !== 'family' && k !== 'protein')).concat(['umap_1', 'umap_2']);
+    const lines = [head.join(',')];
+    for (const i of rows) {
+      const extra = Object.keys(meta.colour_by).filter(k => k !== 'family' && k !== 'protein')
+        .map(k => meta.colour_by[k].names[codes[k][i]]);
+      lines.push([i, proteinNames[PROT[i]], familyOf(i), meta.fovs[FOV[i]]].concat(extra)
+        .concat([X[i], Y[i]]).map(csvField).join(','));
+    }
+    return lines.join('\n') + '\n';
+  }
+  function showSelection(rows) {
+    selectedRows = rows;
+    window.atlasSelection = {rows: rows, csv: selectionCsv(rows)};
+    if (!rows.length) { $('selection').replaceChildren(caption('Lasso or box select (toolbar) to list crops.')); return; }
+    const count = new Map();
+    for (const i of rows) count.set(PROT[i], (count.get(PROT[i]) || 0) + 1);
+    const order = [...count.entries()].sort((a, b) => b[1] - a[1] || proteinNames[a[0]].localeCompare(proteinNames[b[0]]));
+    const list = document.createElement('div'); list.id = 'selection-list';
+    for (const [p, c] of order) list.appendChild(proteinLink(proteinNames[p], ' ' + c + ' crop' + (c > 1 ? 's' : '')));
+    const save = document.createElement('button'); save.id = 'save-selection'; save.textContent = 'Save as CSV';
+    save.addEventListener('click', function () {
+      const url = URL.createObjectURL(new Blob([window.atlasSelection.csv], {type: 'text/csv'}));
+      const a = document.createElement('a'); a.href = url; a.download = 'atlas_selection.csv';
+      document.body.appendChild(a); a.click(); a.remove(); setTimeout(() => URL.revokeObjectURL(url), 1000);
+    });
+    const summary = line('selected', rows.length + ' crops of ' + order.length + ' proteins'); summary.id = 'selection-summary';
+    $('selection').replaceChildren(summary, save, list);
+  }
+
+  function draw(k) {
+    key = k;
+    const view = gd._fullLayout ? {x: gd._fullLayout.xaxis.range.slice(), y: gd._fullLayout.yaxis.range.slice()} : null;
+    const lay = layout(k);
+    if (view) { lay.xaxis.range = view.x; lay.yaxis.range = view.y; }
+    return Plotly.react(gd, traces(k), lay, meta.config).then(function () {
+      if ($('search').value.trim()) search(false);
+    });
+  }
+
+  draw('family').then(function () {
+    gd.on('plotly_hover', function (ev) {
+      const p = ev.points[0];
+      if (p.data.name === meta.search_trace) return;
+      showCrop(p.customdata);
+    });
+    gd.on('plotly_restyle', function (update) {  // legend clicks: outlines follow the shown groups
+      if (update && update[0] && 'visible' in update[0] && $('search').value.trim()) search(false);
+    });
+    gd.on('plotly_selected', function (ev) {
+      showSelection(ev && ev.points ? ev.points.filter(p => p.data.name !== meta.search_trace).map(p => p.customdata) : []);
+    });
+    gd.on('plotly_deselect', () => showSelection([]));
+    $('search').addEventListener('input', () => search(true));
+    $('colour-by').addEventListener('change', ev => draw(ev.target.value));
+    // The wheel scrolls the page; with Ctrl or Cmd held it zooms the map around the pointer.
+    gd.addEventListener('wheel', function (ev) {
+      if (!(ev.ctrlKey || ev.metaKey)) return;
+      ev.preventDefault();
+      const L = gd._fullLayout, f = ev.deltaY > 0 ? 1.25 : 0.8, r = gd.getBoundingClientRect();
+      const cx = L.xaxis.p2l(ev.clientX - r.left - L._size.l), cy = L.yaxis.p2l(ev.clientY - r.top - L._size.t);
+      const xr = L.xaxis.range, yr = L.yaxis.range;
+      Plotly.relayout(gd, {'xaxis.range': [cx + (xr[0] - cx) * f, cx + (xr[1] - cx) * f],
+                           'yaxis.range': [cy + (yr[0] - cy) * f, cy + (yr[1] - cy) * f]});
+    }, {passive: false});
+    gd.dataset.ready = '1';
+  });
 })();
 """

@@ -54,6 +54,10 @@ class EvalOptions:
     neighbours: int = _opt(10, "Nearest proteins listed per protein.", minimum=1)
     atlas_thumbnails: int = _opt(2000, "atlas.html: crops with their own hover thumbnail (at least one per protein).",
                                  minimum=1)
+    atlas_contrast: str = _opt("protein", "atlas.html thumbnails: contrast fixed per protein or for the dataset.",
+                               choices=("protein", "dataset"), embed=True)
+    pixel_size_um: float = _opt(0.0, "Pixel size of the store's crops in micrometres (atlas.html thumbnails get a "
+                                     "scale bar; 0: unknown).", embed=True)
     probe_max_crops: int = _opt(10_000, "Linear probes: at most this many train and eval crops each (seeded "
                                         "subsample).", minimum=1)
     complexes: str = _opt("", "CSV of protein complexes (columns protein, complex): complexes.csv and .png.")
@@ -65,6 +69,8 @@ class EvalOptions:
                     choices=("", *FITS))
     by_field: bool = _opt(True, "False: every crop of the store, no split by field (the embed command).")
     progress: bool = _opt(True, "Progress bars.")
+    skip_bad_crops: bool = _opt(False, "Leave out crops with a NaN/inf pixel or a blank protein channel, counted in "
+                                       "metrics.json (default: refuse a store holding any).", embed=True)
     force: bool = _opt(False, "Recompute even when the output folder already holds this evaluation (same code, "
                               "checkpoint, store and options).", embed=True)
 

@@ -2,9 +2,15 @@
 
 scanpy does the work: a cosine neighbour graph of the protein profiles, its UMAP, Leiden communities of the
 graph, and a dendrogram of the proteins (hierarchical clustering of the profiles' correlations). Everything
-lands in proteins.h5ad (obs: family, crops, leiden; obsm['X_umap']; uns['dendrogram_protein']) beside the
-per-crop embeddings.h5ad, with two pictures: proteins_atlas.png (UMAP by family with names, and by community)
-and proteins_dendrogram.png.
+lands in proteins.h5ad beside the per-crop embeddings.h5ad, with two pictures: proteins_atlas.png (UMAP by family
+with names, and by community) and proteins_dendrogram.png.
+
+proteins.h5ad, as scanpy reads it: `obsm['X_cytoself']` the profiles (`X` the same array, stored once);
+`obsm['X_pca']` their PCA (min(50, proteins - 1) components), so scanpy's defaults work on a few dozen proteins;
+recommended: `sc.pp.neighbors(adata, use_rep='X_cytoself', metric='cosine')` (what `uns['neighbors']` holds).
+obs: protein (scanpy's dendrogram groups by it), family (legend order, 'unannotated' where none), crops, leiden;
+`uns`: family_colors and leiden_colors (the colours of every atlas picture and page), provenance, umap params,
+dendrogram_protein.
 """
 from __future__ import annotations
 
@@ -14,17 +20,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cytoself_jax.analysis.colours import UNANNOTATED, category_colours
+from cytoself_jax.analysis.h5ad import family_obs, link_embedding
 from cytoself_jax.analysis.neighbours import protein_families, protein_profiles
-from cytoself_jax.figures import GREY, categorical_palette, save_figure
 from cytoself_jax.analysis.scores import NON_CLASSES
+from cytoself_jax.figures import save_figure
 
 MIN_PROTEINS = 4  # fewer proteins give no meaningful neighbour graph, UMAP or communities
 MAX_NAMES = 150  # name labels on the atlas: all proteins up to this many, else the most imaged ones
 
 
 def protein_atlas(out: Path, embeddings: np.ndarray, table: pd.DataFrame, n_neighbors: int = 15,
-                  resolution: float = 1.0, seed: int = 0, svg: bool = False):
-    """The protein atlas evaluator. embeddings (N, ...) of N crops with table columns protein, family.
+                  resolution: float = 1.0, seed: int = 0, svg: bool = False, provenance: dict | None = None):
+    """The protein atlas evaluator. embeddings (N, ...) of N crops with table columns protein, family;
+    provenance: uns['provenance'] (atlas_provenance).
 
     Writes out/proteins.h5ad, out/proteins_atlas.png and out/proteins_dendrogram.png. Returns (metrics dict, the
     AnnData of proteins), or (None, None) with fewer than MIN_PROTEINS proteins.
@@ -39,21 +48,39 @@ def protein_atlas(out: Path, embeddings: np.ndarray, table: pd.DataFrame, n_neig
         return None, None
     family_of = protein_families(proteins, table["family"].to_numpy())
     counts = pd.Series(proteins).value_counts()
+    # The families' categories and colours from every crop's family, so they match atlas.png and atlas.html.
+    family = family_obs(np.array([family_of[n] for n in names], dtype=object),
+                        every=table["family"].to_numpy())
+    x = profiles.astype(np.float32)
     adata = anndata.AnnData(
-        X=profiles.astype(np.float32),
-        obs=pd.DataFrame({"protein": pd.Categorical(names), "family": pd.Categorical([family_of[n] for n in names]),
+        X=x, obsm={"X_cytoself": x},
+        obs=pd.DataFrame({"protein": pd.Categorical(names), "family": family[0],
                           "crops": [int(counts[n]) for n in names]}, index=pd.Index(names, name="protein_name")),
     )
     k = int(min(n_neighbors, len(names) - 1))
-    sc.pp.neighbors(adata, n_neighbors=k, use_rep="X", metric="cosine", random_state=seed)
+    sc.pp.neighbors(adata, n_neighbors=k, use_rep="X_cytoself", metric="cosine", random_state=seed)
     sc.tl.umap(adata, random_state=seed)
     sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False,
                  key_added="leiden")
-    sc.tl.dendrogram(adata, groupby="protein", use_rep="X")
-    adata.uns["profile"] = "mean global embedding of the protein's crops"
+    sc.tl.dendrogram(adata, groupby="protein", use_rep="X_cytoself")
+    sc.tl.pca(adata, n_comps=int(min(50, adata.n_obs - 1, adata.n_vars - 1)), random_state=seed)
+    communities = sorted(adata.obs["leiden"].cat.categories, key=int)
+    adata.obs["leiden"] = adata.obs["leiden"].cat.reorder_categories(communities)
+    adata.uns.update({
+        "profile": "mean global embedding of the protein's crops",
+        "family_colors": family[1], "leiden_colors": list(category_colours(communities, repeat_ok=True).values()),
+        "provenance": dict(provenance or {}),
+        "recommended_neighbors": "sc.pp.neighbors(adata, use_rep='X_cytoself', metric='cosine')",
+        "var_description": "one dimension of the mean global embedding each (as embeddings.h5ad's var)",
+    })
+    adata.uns["umap"]["params"].update({"random_state": seed, "use_rep": "X_cytoself", "metric": "cosine",
+                                        "n_neighbors": k})
+    del adata.obsm["X_cytoself"]  # written once, as a link to X
     adata.write_h5ad(Path(out) / "proteins.h5ad")
+    link_embedding(Path(out) / "proteins.h5ad")
+    adata.obsm["X_cytoself"] = x
 
-    annotated = ~adata.obs["family"].isin(NON_CLASSES).to_numpy()
+    annotated = ~adata.obs["family"].isin([*NON_CLASSES, UNANNOTATED]).to_numpy()
     metrics = {
         "proteins": int(len(names)), "communities": int(adata.obs["leiden"].nunique()), "n_neighbors": k,
         "resolution": resolution,
@@ -80,12 +107,14 @@ def plot_protein_atlas(adata, path: Path, svg: bool = False) -> list[Path]:
     fig = Figure(figsize=(14, 6.5))
     for ax, column in zip(fig.subplots(1, 2), ("family", "leiden")):
         values = adata.obs[column].astype(str).to_numpy()
-        palette = categorical_palette(values, grey=NON_CLASSES if column == "family" else ())
-        for value in sorted(set(values), key=lambda v: (v not in NON_CLASSES, v)):
+        palette = _colours(adata, column)
+        for value in adata.obs[column].cat.categories:  # legend order; unannotated drawn grey
             sel = values == value
-            label = (value or "unannotated") if column == "family" else f"community {value}"
+            if not sel.any():
+                continue
+            label = value if column == "family" else f"community {value}"
             ax.scatter(xy[sel, 0], xy[sel, 1], s=28, color=palette[value], label=f"{label} ({sel.sum()})",
-                       edgecolors="white", linewidths=0.4)
+                       edgecolors="white", linewidths=0.4, zorder=1 if value == UNANNOTATED else 2)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False, markerscale=0.8,
                   ncol=1 + len(set(values)) // 25)
         ax.set_xticks([]), ax.set_yticks([])
@@ -105,13 +134,18 @@ def plot_protein_atlas(adata, path: Path, svg: bool = False) -> list[Path]:
     return save_figure(fig, path, svg=svg)
 
 
+def _colours(adata, column: str) -> dict[str, str]:
+    """category -> colour of obs[column] from uns['<column>_colors'] (scanpy's convention)."""
+    return dict(zip(adata.obs[column].cat.categories, adata.uns[f"{column}_colors"]))
+
+
 def plot_dendrogram(adata, path: Path) -> list[Path]:
     """The proteins' dendrogram (uns['dendrogram_protein']), leaves named and coloured by family."""
     from scipy.cluster.hierarchy import dendrogram
 
     linkage = adata.uns["dendrogram_protein"]["linkage"]
     families = adata.obs["family"].astype(str).to_numpy()
-    palette = categorical_palette(families, grey=NON_CLASSES)
+    palette = _colours(adata, "family")
     height = float(np.clip(0.14 * adata.n_obs, 3.0, 80.0))
     fig = Figure(figsize=(7, height))
     ax = fig.subplots()
@@ -119,8 +153,8 @@ def plot_dendrogram(adata, path: Path) -> list[Path]:
                       above_threshold_color="0.4", leaf_font_size=6 if adata.n_obs > 60 else 8)
     family_of = dict(zip(adata.obs_names, families))
     for label in ax.get_ymajorticklabels():
-        colour = palette[family_of[label.get_text()]]
-        label.set_color("0.5" if colour == GREY else colour)
+        family = family_of[label.get_text()]
+        label.set_color("0.5" if family == UNANNOTATED else palette[family])
     ax.set_xlabel("1 - Pearson correlation of mean embeddings (complete linkage)", fontsize=8)
     ax.set_title(f"Dendrogram of {adata.n_obs} proteins (labels coloured by family)", fontsize=10)
     for side in ("top", "right", "left"):

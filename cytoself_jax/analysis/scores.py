@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from cytoself_jax.analysis.common import as_labels, as_matrix, check_choice, fail
 
 # Labels that are not a localization class: left out of the clustering score (the paper drops 'others'/mixed).
-NON_CLASSES = ("others", "mixed", "")
+NON_CLASSES = ("others", "mixed", "", "unannotated")  # "unannotated": how the h5ad files and atlases name ""
 
 
 def clustering_score(points, labels, exclude: Sequence[str] = NON_CLASSES) -> float:

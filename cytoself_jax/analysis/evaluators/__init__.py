@@ -8,9 +8,9 @@ from typing import Callable
 
 from cytoself_jax.analysis.context import EvalContext, Evaluation
 from cytoself_jax.analysis.evaluators import (atlas_pictures, clustering, codebooks, curves, embeddings_h5ad,
-                                              identity, interactive_atlas, linear_probe, protein_atlas,
-                                              reconstruction, reconstructions, retrieval, similar_proteins, spectra,
-                                              unseen_proteins)
+                                              identity, interactive_atlas, linear_probe, output_readme,
+                                              protein_atlas, reconstruction, reconstructions, retrieval,
+                                              similar_proteins, spectra, unseen_proteins)
 
 REGISTRY: dict[str, Callable[[EvalContext], Evaluation]] = {
     "reconstruction": reconstruction.evaluate,
@@ -28,4 +28,5 @@ REGISTRY: dict[str, Callable[[EvalContext], Evaluation]] = {
     "curves": curves.evaluate,
     "embeddings_h5ad": embeddings_h5ad.evaluate,
     "interactive_atlas": interactive_atlas.evaluate,
+    "output_readme": output_readme.evaluate,
 }

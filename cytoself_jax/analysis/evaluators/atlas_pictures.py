@@ -13,7 +13,8 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     if has_classes(ctx.families, 1):
         atlas.plot_atlas(xy, ctx.families, ctx.out / "atlas.png", title=title, svg=o.svg)
     else:
-        atlas.plot_atlas(xy, ctx.proteins, ctx.out / "atlas.png", title=title + ", by protein", grey=(), svg=o.svg)
+        atlas.plot_atlas(xy, ctx.proteins, ctx.out / "atlas.png", title=title + ", by protein", by="protein",
+                         svg=o.svg)
     family = o.family or next(iter(largest(ctx.families)), "")
     if family:
         atlas.plot_family_proteins(xy, ctx.families, ctx.proteins, family,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cytoself_jax.analysis import complexes, proteins as protein_level
+from cytoself_jax.analysis.atlas_provenance import atlas_provenance
 from cytoself_jax.analysis.context import EvalContext, Evaluation
 from cytoself_jax.analysis.records import Score
 
@@ -10,7 +11,8 @@ from cytoself_jax.analysis.records import Score
 def evaluate(ctx: EvalContext) -> Evaluation:
     o = ctx.options
     summary, adata = protein_level.protein_atlas(ctx.out, ctx.outputs.global_vectors, ctx.table,
-                                                 n_neighbors=o.umap_neighbors, seed=o.seed, svg=o.svg)
+                                                 n_neighbors=o.umap_neighbors, seed=o.seed, svg=o.svg,
+                                                 provenance=atlas_provenance(ctx))
     result = Evaluation(details={"proteins": summary, "complexes": None})
     if summary is None:
         result.notes.append(f"protein atlas: needs at least {protein_level.MIN_PROTEINS} proteins; proteins.h5ad "
