@@ -16,6 +16,9 @@ from conftest import tiny_config
 
 from cytoself_jax.config import apply_ablation, paper_config
 from cytoself_jax.models import CytoselfModel, MBConv, ModelConfigError, ModelSpec
+from cytoself_jax.models import layers
+from cytoself_jax.models.dense_conv import DenseConv
+from cytoself_jax.models.depthwise import DepthwiseConv
 
 
 
@@ -383,16 +386,60 @@ def test_a_run_saved_before_remat_decoders_existed_loads_with_it_off():
 
 
 def test_module_dtype_fields_reach_every_layer():
-    """Every layer of the bfloat16 model computes in bfloat16 (except the quantizers and float32 logits)."""
+    """Every layer of the bfloat16 model computes in bfloat16 (except the quantizers and float32 logits): every
+    module with a kernel (nn.Dense, and the convolutions in whichever form conv_layer picks on this backend:
+    DenseConv, DepthwiseConv or nn.Conv) is captured, and each one's output is bfloat16."""
     model = make_model(tiny_model_cfg(dtype="bfloat16"), (32, 32, 2))
     x = jax.ShapeDtypeStruct((1, 32, 32, 2), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(RNGS, x, train=False), x)
+    layers = (nn.Conv, nn.Dense, DenseConv, DepthwiseConv)
     _, state = jax.eval_shape(
         lambda v, x: model.apply(
-            v, x, train=False, capture_intermediates=lambda m, _: isinstance(m, (nn.Conv, nn.Dense)), mutable=["intermediates"]
+            v, x, train=False, capture_intermediates=lambda m, _: isinstance(m, layers), mutable=["intermediates"]
         ),
         variables,
         x,
     )
-    dtypes = {leaf.dtype for leaf in jax.tree.leaves(state["intermediates"])}
-    assert dtypes == {jnp.dtype(jnp.bfloat16)}
+    outputs = {_module_path(path, "__call__"): leaf for path, leaf in _with_paths(state["intermediates"])}
+    kernels = {_module_path(path, "kernel"): leaf for path, leaf in _with_paths(variables["params"])
+               if path[-1].key == "kernel"}
+    assert set(outputs) == set(kernels), "a layer with a kernel was not captured"
+    assert sum(k.ndim == 4 for k in kernels.values()) == 30 and sum(k.ndim == 2 for k in kernels.values()) == 12
+    assert {leaf.dtype for leaf in outputs.values()} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_off_the_cpu_conv_layer_builds_plain_convolutions_with_the_same_parameters(monkeypatch):
+    """conv_layer's GPU/TPU branch (never taken by CI's CPU backend, so forced here): every convolution is a plain
+    nn.Conv, the parameter tree is the CPU forms' tree, and the same parameters give the same outputs."""
+    model = make_model(tiny_model_cfg(), (32, 32, 2))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 2)), jnp.float32)
+    cpu_variables = model.init(RNGS, x, train=False)
+
+    def conv_types():
+        called = []  # the filter sees every module call: it records the convolutions' types and captures nothing
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"], capture_intermediates=(
+            lambda m, _: isinstance(m, (nn.Conv, DenseConv, DepthwiseConv)) and called.append(type(m).__name__))),
+            cpu_variables, x)
+        return called
+
+    def apply():
+        return jax.jit(lambda v, x: model.apply(v, x, train=False))(cpu_variables, x)
+
+    on_cpu = conv_types()
+    assert len(on_cpu) == 30 and {"DenseConv", "DepthwiseConv"} <= set(on_cpu)
+    expected = apply()
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    assert conv_types() == ["Conv"] * 30
+    other_variables = jax.eval_shape(lambda x: model.init(RNGS, x, train=False), x)
+    chex.assert_trees_all_equal_shapes_and_dtypes(other_variables, cpu_variables)
+    chex.assert_trees_all_close(apply(), expected, atol=2e-4, rtol=2e-4)
+
+
+def _with_paths(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def _module_path(path, last: str) -> tuple[str, ...]:
+    """The module names of a leaf's path, up to `last` ('kernel' of params, '__call__' of intermediates)."""
+    names = [getattr(k, "key", None) for k in path]
+    return tuple(names[:names.index(last)])

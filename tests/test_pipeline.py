@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoself_jax.data.pipeline import make_dataset, normalize_crop, steps_per_epoch
+from cytoself_jax.data.pipeline import make_dataset, normalize_crop, pixel_variance, steps_per_epoch
 from cytoself_jax.data.store import StoreError, write_store
 
 CHANNELS = ["protein", "nucleus", "distance"]
@@ -59,6 +59,28 @@ def test_normalize_matches_numpy_reference(store):
         assert -1.0 <= got[..., 2].min() and got[..., 2].max() <= 1.0 and np.abs(got[..., 2]).max() == 1.0
     assert (normalize_crop(np.asarray(store.images[3]), CHANNELS)[..., 1] == 0).all()
     assert (normalize_crop(np.zeros((4, 4, 1), np.uint16), ["distance"]) == 0).all()
+
+
+def test_pixel_variance_is_np_var_of_the_normalized_crops(store):
+    """The reconstruction losses' divisor: np.var over every normalized pixel of every channel of the rows asked
+    (the channel order asked, not the store's), and of a seeded subsample of max_crops rows when there are more."""
+    raw = np.asarray(store.images)
+    rows = np.arange(0, N, 2)
+    channels = ["distance", "protein"]
+    picked = raw[rows][..., [CHANNELS.index(c) for c in channels]]
+    expected = np.var(np.stack([_reference_normalize(crop, channels) for crop in picked]))
+    variance, crops = pixel_variance(store, rows, channels)
+    assert crops == len(rows)
+    np.testing.assert_allclose(variance, expected, rtol=1e-6)
+    assert not np.isclose(variance, np.var(np.stack([_reference_normalize(c, CHANNELS) for c in raw[rows]])))
+
+    sub_variance, sub_crops = pixel_variance(store, np.arange(N), CHANNELS, max_crops=5, seed=3)
+    chosen = np.sort(np.random.default_rng(3).choice(np.arange(N), 5, replace=False))
+    assert sub_crops == 5
+    np.testing.assert_allclose(sub_variance, np.var(np.stack([_reference_normalize(c, CHANNELS)
+                                                             for c in raw[chosen]])), rtol=1e-6)
+    with pytest.raises(ValueError, match="no crops"):
+        pixel_variance(store, np.arange(0), CHANNELS)
 
 
 def test_eval_batches_cover_every_index_once_unaugmented(store):

@@ -161,7 +161,11 @@ def test_ema_mode_update_matches_numpy():
     # No update in evaluation mode or when the collection is not mutable.
     _, same = vq.apply(variables, z, train=False, mutable=["codebook_ema"])
     chex.assert_trees_all_equal(same, variables)
-    vq.apply(variables, z, train=True)
+    # Training mode with the collection not mutable: quantized with the codebook as it is, as numpy does, no error
+    for result in (out, vq.apply(variables, z, train=True)):
+        np.testing.assert_array_equal(np.asarray(result.indices).reshape(-1), idx)
+        np.testing.assert_allclose(np.asarray(result.quantized).reshape(-1, D), q, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(float(result.loss), BETA * np.mean((q - flat) ** 2), rtol=1e-5)
 
 
 def test_bfloat16_input_gives_float32_loss(vq_setup):
