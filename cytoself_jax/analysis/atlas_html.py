@@ -338,7 +338,7 @@ _SCRIPT = r"""
       const a = document.createElement('a'); a.href = url; a.download = 'atlas_selection.csv';
       document.body.appendChild(a); a.click(); a.remove(); setTimeout(() => URL.revokeObjectURL(url), 1000);
     });
-    const summary = line('selected', rows.length + ' crops of ' + order.length + ' proteins'); summary.id = 'selection-summary';
+    const summary = line('selected', rows.length + ' crops of ' + order.length + ' protein' + (order.length > 1 ? 's' : '')); summary.id = 'selection-summary';
     $('selection').replaceChildren(summary, save, list);
   }
 
