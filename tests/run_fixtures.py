@@ -11,7 +11,8 @@ import numpy as np
 from conftest import tiny_config
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.store import open_store
-from cytoself_jax.training.checkpoint import Checkpointer, LoopState, save_run_config
+from cytoself_jax.training.checkpoint import Checkpointer, LoopState
+from cytoself_jax.training.run_record import record_run
 from cytoself_jax.models import build_model
 from cytoself_jax.train_state import create_train_state
 from test_eval import _spread_codebooks
@@ -28,9 +29,9 @@ def make_run(run_dir: Path, store_path: Path, channels: Sequence[str], seed: int
     rows = np.linspace(0, len(store) - 1, min(16, len(store))).astype(int)
     images = np.stack([StoreSource(store, rows, channels)[i]["image"] for i in range(len(rows))])
     state = state.replace(params=_spread_codebooks(model, {"params": state.params, **state.model_state}, images))
-    save_run_config(run_dir, config, {"store": str(store_path), "proteins": list(store.proteins),
-                                      "channels": list(channels), "image_shape": list(image_shape),
-                                      "split_sizes": {}})
+    record_run(run_dir, config, {"store": str(store_path), "proteins": list(store.proteins),
+                                 "channels": list(channels), "image_shape": list(image_shape),
+                                 "split_sizes": {}}, 0)
     checkpointer = Checkpointer(run_dir)
     checkpointer.save("best", state, LoopState(epoch=1, best_epoch=0))
     checkpointer.wait()

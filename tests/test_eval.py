@@ -19,7 +19,8 @@ from cytoself_jax.analysis.report import EvalError, EvalOptions, run_eval
 from cytoself_jax.data.pipeline import StoreSource
 from cytoself_jax.data.splits import split_by_field
 from cytoself_jax.data.store import open_store, write_store
-from cytoself_jax.training.checkpoint import Checkpointer, LoopState, save_run_config
+from cytoself_jax.training.checkpoint import Checkpointer, LoopState
+from cytoself_jax.training.run_record import record_run
 from cytoself_jax.models import build_model
 from cytoself_jax.train_state import create_train_state
 
@@ -54,9 +55,9 @@ def tiny_run(tmp_path_factory, tiny_store_path):
     images = np.stack([StoreSource(store, np.arange(0, 96, 6), CHANNELS)[i]["image"] for i in range(16)])
     state = state.replace(params=_spread_codebooks(model, {"params": state.params, **state.model_state}, images))
     splits = split_by_field(store.table, config.data.split_fractions, seed=config.data.split_seed)
-    save_run_config(run_dir, config, {"store": str(tiny_store_path), "proteins": list(store.proteins),
-                                      "channels": list(CHANNELS), "image_shape": list(image_shape),
-                                      "split_sizes": {k: len(v) for k, v in splits.items()}})
+    record_run(run_dir, config, {"store": str(tiny_store_path), "proteins": list(store.proteins),
+                                 "channels": list(CHANNELS), "image_shape": list(image_shape),
+                                 "split_sizes": {k: len(v) for k, v in splits.items()}}, 0)
     checkpointer = Checkpointer(run_dir)
     checkpointer.save("best", state, LoopState(epoch=1, best_epoch=0))
     checkpointer.wait()
@@ -391,10 +392,10 @@ def test_unseen_proteins_are_placed_from_the_known_ones(tiny_run, tmp_path):
     image_shape = (32, 32, len(CHANNELS))
     model = build_model(config, image_shape, 3)
     state = _init(model, image_shape, jax.random.PRNGKey(2))
-    save_run_config(run_dir, config, {"store": config.data.path, "proteins": ["P0", "P1", "P2"],
-                                      "heldout_proteins": ["P3"], "channels": list(CHANNELS),
-                                      "image_shape": list(image_shape),
-                                      "split_sizes": {k: len(v) for k, v in run_splits.splits.items()}})
+    record_run(run_dir, config, {"store": config.data.path, "proteins": ["P0", "P1", "P2"],
+                                 "heldout_proteins": ["P3"], "channels": list(CHANNELS),
+                                 "image_shape": list(image_shape),
+                                 "split_sizes": {k: len(v) for k, v in run_splits.splits.items()}}, 0)
     checkpointer = Checkpointer(run_dir)
     checkpointer.save("best", state, LoopState(epoch=1, best_epoch=0))
     checkpointer.wait()
