@@ -31,12 +31,12 @@ from cytoself_jax.config import apply_overrides
 from cytoself_jax.models import ModelConfigError
 
 # The hardware limit used for "fraction of peak": the dense bf16 matrix rate measured on an H100 SXM
-# (BENCHMARKS-ANCHOR.md, ~790 TFLOP/s). It is the card's limit whatever the compute dtype, so fp32 runs are
+# (~790 TFLOP/s; bench/README.md, "fraction of peak"). It is the card's limit whatever the compute dtype, so fp32 runs are
 # measured against it too. The H200 has the same compute die. Elsewhere the peak is unknown (null) unless given.
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0}
 # Memory bandwidth (TB/s, spec sheets: H100 SXM HBM3, H200 HBM3e), for the memory-bound limit of light programs.
 PEAK_TBS = {"H100": 3.35, "H200": 4.8}
-# The paper's OpenCell model: 100x100 crops, 1311 proteins (REFERENCE.md); used when the config draws no data.
+# The paper's OpenCell model: 100x100 crops, 1311 proteins (the paper's OpenCell data); used when the config draws no data.
 PAPER_SIZE, PAPER_CLASSES = 100, 1311
 
 

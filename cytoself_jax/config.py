@@ -15,7 +15,8 @@ ABLATIONS = ("full", "no_fiducial", "no_distance", "no_split", "no_identificatio
 
 
 def paper_config() -> ml_collections.ConfigDict:
-    """The full cytoself model and training protocol of Kobayashi et al. 2022 (numbers in REFERENCE.md)."""
+    """The full cytoself model and training protocol of Kobayashi et al. 2022 (Methods of the paper;
+    every difference from the later PyTorch re-implementation in docs/PAPER_MODEL.md)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = "runs/full"
@@ -64,7 +65,7 @@ def paper_config() -> ml_collections.ConfigDict:
     c.model.vq_ema = False
     c.model.vq_ema_decay = 0.99
     c.model.vq_ema_epsilon = 1e-5
-    # 'paper': the decoders of the paper's own code (REFERENCE.md, "The paper's own code"): at the code width of
+    # 'paper': the decoders of the paper's own TensorFlow code (docs/PAPER_MODEL.md): at the code width of
     # each level, halving per block down to decoder_min_features; bilinear resizing of the global map.
     # 'pytorch_reference': the PyTorch re-implementation's ~75x costlier decoders with the widths below (and
     # nearest-neighbour resizing), kept for side-by-side benchmarks against it.
@@ -80,7 +81,7 @@ def paper_config() -> ml_collections.ConfigDict:
     c.model.head_hidden = 1000
     c.model.head_dropout = 0.5
 
-    # Total loss = sum of weighted terms (REFERENCE.md): image reconstruction / the training data's variance,
+    # Total loss = sum of weighted terms (the paper's Methods, "Training"): image reconstruction / the training data's variance,
     # decoder2's reconstruction of encoder1's output, both VQ losses, both classifier cross-entropies.
     c.loss = ml_collections.ConfigDict(dict(reconstruction=1.0, local_prediction=1.0, vq=1.0, classification=1.0))
     # decoder2's target: 'z_local' (the paper: encoder1's output before quantization, gradients flowing into

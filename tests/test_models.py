@@ -97,7 +97,7 @@ def test_paper_model_shapes(paper_100):
     assert shape("encoder_global", "stem") == (3, 25, 25, 40)
     assert shape("encoder_global") == (3, 4, 4, 576)
     assert shape("heads_local", "hidden") == shape("heads_global", "hidden") == (3, 1000)
-    # The paper's decoders (REFERENCE.md, "The paper's own code"): a first 3x3 conv to the code width (64), then per
+    # The paper's decoders (its own TensorFlow code; docs/PAPER_MODEL.md): a first 3x3 conv to the code width (64), then per
     # block x2 bilinear upsampling, 2 residual layers at the block's input width, and a 'valid' conv after zero
     # padding to the target size with the width halved (min 32).
     # decoder1: 640 -> 64 at 25x25, 64 -> 32 at 50x50, 32 -> 32 at 100x100, a linear 3x3 conv to the 2 channels.
@@ -138,7 +138,7 @@ def _paper_decoder_params(width_in: int, hidden: int, blocks: list[tuple[int, in
 
 
 def test_parameter_counts_of_both_decoders(paper_100, reference_100):
-    """The PyTorch reference (BENCHMARKS-ANCHOR.md) has 106,957,802 parameters: encoders 3.8M, decoders 38.4M,
+    """The PyTorch reference (the cytoself package's model at these sizes) has 106,957,802 parameters: encoders 3.8M, decoders 38.4M,
     codebooks 0.26M, classifier heads 64.5M. Ours with its decoders: the same encoders, decoders and codebooks;
     heads are the 2-layer perceptrons on the flattened 25x25x64 and 4x4x576 maps (51.8M), 94.3M in all. The
     paper's decoders have 1.18M parameters (57.1M in all)."""

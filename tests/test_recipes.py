@@ -68,7 +68,7 @@ def test_recipe_folder_of_crops_yeast(yeast_dir, tmp_path):
     lang, code = recipe("yeast")
     assert lang == "bash"
     runs = tmp_path / "runs"
-    paths = {"../shared/data/yeast-lu2019": yeast_dir, "data/yeast": tmp_path / "yeast", "runs/yeast": runs / "yeast"}
+    paths = {"yeast-lu2019": yeast_dir, "data/yeast": tmp_path / "yeast", "runs/yeast": runs / "yeast"}
     code = mapped(code, paths)
     first, rest = code.split("\n.venv/bin/python train.py", 1)
     assert run_shell(first) == ["cytoself_jax.import_crops"]
