@@ -2,8 +2,10 @@
 
 Writes embeddings.h5ad, metrics.json/.md, protein_profiles.csv, neighbours.csv and the pictures into one folder
 (default RUN_DIR/eval/<split>; RUN_DIR/eval/<split>-<store> for another store) and prints a summary table. Exit
-code 2 with one line on stderr when the run, its checkpoint, the data, an option or the output folder is unusable;
-no partial output folder is left behind, and only a folder eval wrote is ever replaced. To embed every crop of new
+code 2 with one line on stderr when the run, its checkpoint, the data, an option or the output folder is unusable
+(a store with NaN/inf or blank crops is refused unless --skip_bad_crops); exit code 1 when a write fails (full
+disk, permission), 130/143 on Ctrl-C/SIGTERM, each with one line saying what was kept. No partial output folder
+is left behind, and only a folder eval wrote is ever replaced. To embed every crop of new
 data without splits, use python -m cytoself_jax.embed. The options are declared once, in
 cytoself_jax/analysis/options.py (EvalOptions).
 """
@@ -29,8 +31,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
-    from cytoself_jax.analysis.report import run_eval
-    from cytoself_jax.analysis.summary import result_text
+    from cytoself_jax.analysis.report import eval_command
     from cytoself_jax.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()  # programs compiled by training or an earlier eval are loaded, not compiled again
@@ -38,12 +39,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--center_crop and --resize: pass at most one")
     options = options_from_absl(_OPTIONS, fit="center-crop" if _CENTER_CROP.value else
                                 ("resize" if _RESIZE.value else ""))
-    try:
-        result = run_eval(_CKPT.value, options)
-    except (ValueError, FileNotFoundError) as e:  # EvalError, StoreError, SplitError, ...: one line each
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(result_text(result))
+    status = eval_command(_CKPT.value, options)  # one line on stderr for any failure (exit 2, 1, 130, 143)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "environment: SLURM's srun, Open MPI, Kubernetes; see bench/README.md, 'Multi-host data parallelism').")
 
 
-def _drop_closed_loop_reports(unraisable) -> None:
-    """sys.unraisablehook: after a failed checkpoint write (a full disk), tensorstore completes orbax's other pending
-    writes into its closed event loop and each reports 'Event loop is closed' as an unraisable error, pages of
-    tracebacks; the run reports the failure itself, in one line. Anything else is reported as usual."""
-    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-        return
-    sys.__unraisablehook__(unraisable)
-
-
 def _usage_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -76,7 +67,6 @@ def main(argv: list[str]) -> None:
     # A failed checkpoint write (a full disk) makes asyncio log a traceback for each of orbax's pending write tasks;
     # the run reports the failure itself, in one line
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    sys.unraisablehook = _drop_closed_loop_reports
     from cytoself_jax.compile_cache import enable_compilation_cache
     from cytoself_jax.cpu_devices import split_cpu_for
 

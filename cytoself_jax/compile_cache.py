@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jax
 
+from cytoself_jax.user_cache import user_cache_dir
+
 # Where the cache lives unless CYTOSELF_JAX_CACHE says otherwise (empty or "off": no persistent cache).
 ENV_VAR = "CYTOSELF_JAX_CACHE"
 # Programs that compile faster than this are not written (loading a file costs ~ms; the cache stays small).
@@ -21,8 +23,7 @@ MIN_COMPILE_S = 0.2
 
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/cytoself_jax/jax, else ~/.cache/cytoself_jax/jax."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cytoself_jax" / "jax"
+    return user_cache_dir() / "jax"
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:

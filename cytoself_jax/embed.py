@@ -2,13 +2,16 @@
 never saw welcome.
 
     python -m cytoself_jax.embed --ckpt RUN --data STORE [--out DIR] [--center-crop | --resize] [--which latest]
-        [--random-init]
+        [--random-init] [--skip-bad-crops]
 
 Writes embeddings.h5ad (one row per crop: the global embedding, code histograms and indices, protein, fov,
 family) and, as far as the store's labels allow, the atlas, metrics.md/.json (clustering score of families,
 same-protein and same-family retrieval mAP, reconstruction error, codebook use), protein_profiles.csv,
 neighbours.csv and the spectra, into DIR (default RUN/embed/<store name>[-latest|-random-init]). Only a folder
-this command wrote is ever replaced. From Python, cytoself_jax.inference embeds numpy arrays.
+this command wrote is ever replaced. A store holding crops with a NaN/inf pixel or a blank protein channel is
+refused in one line (--skip-bad-crops leaves them out, counted in metrics.json). Exit status 2 on bad input, 1
+when a write fails (full disk, permission), 130/143 on Ctrl-C/SIGTERM, each with one line on stderr and no
+partial output. From Python, cytoself_jax.inference embeds numpy arrays.
 """
 from __future__ import annotations
 
@@ -36,18 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
-    from cytoself_jax.analysis.report import run_eval
-    from cytoself_jax.analysis.summary import result_text
+    from cytoself_jax.analysis.report import eval_command
 
     options = options_from_args(args, split="all", by_field=False, data=args.data, progress=not args.quiet,
                                 fit="center-crop" if args.center_crop else ("resize" if args.resize else ""))
-    try:
-        result = run_eval(args.ckpt, options)
-    except (ValueError, FileNotFoundError) as err:  # EvalError, StoreError, RunError, ...: one line each
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(result_text(result))
-    return 0
+    return eval_command(args.ckpt, options)  # one line on stderr for any failure (exit 2, 1, 130, 143)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
+from cytoself_jax.command import run_command
 from cytoself_jax.data.importers import DEFAULT_PATTERN, import_crops
+from cytoself_jax.staging import kept_message
 
 
 def _channel(text: str) -> tuple[str, str]:
@@ -69,22 +72,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--channel: each token once, found {tokens}")
     if args.table and args.pattern != DEFAULT_PATTERN:
         parser.error("--table and --pattern: pass one of them")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = _print_warning
-            store = import_crops(args.src, args.out, dict(args.channel), pattern=args.pattern, table=args.table,
-                                 families=args.families, family_protein_column=args.families_protein_column,
-                                 family_column=args.families_column, derive_distance=args.derive_distance,
-                                 distance_sigma=args.distance_sigma, overwrite=args.overwrite,
-                                 progress=not args.quiet)
-    except ValueError as err:  # CropImportError and StoreError: one line naming file and field
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    n_fields = store.table["fov"].nunique()
-    print(f"wrote {store.path}: {len(store)} crops of {'x'.join(map(str, store.image_shape))} ({store.images.dtype}), "
-          f"channels {list(store.channels)}, {len(store.proteins)} proteins, {n_fields} fields of view")
-    return 0
+    def body() -> int:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.simplefilter("ignore", ResourceWarning)  # off by default: a debugging aid, not for users
+                warnings.showwarning = _print_warning
+                store = import_crops(args.src, args.out, dict(args.channel), pattern=args.pattern, table=args.table,
+                                     families=args.families, family_protein_column=args.families_protein_column,
+                                     family_column=args.families_column, derive_distance=args.derive_distance,
+                                     distance_sigma=args.distance_sigma, overwrite=args.overwrite,
+                                     progress=not args.quiet)
+        except ValueError as err:  # CropImportError and StoreError: one line naming file and field
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        n_fields = store.table["fov"].nunique()
+        print(f"wrote {store.path}: {len(store)} crops of {'x'.join(map(str, store.image_shape))} "
+              f"({store.images.dtype}), channels {list(store.channels)}, {len(store.proteins)} proteins, {n_fields} "
+              "fields of view")
+        return 0
+
+    # a failed write (full disk, permission), Ctrl-C or SIGTERM: one line; the store is written whole or not at all
+    return run_command(body, kept=lambda: kept_message(Path(args.out), Path(args.out).exists()))
 
 
 if __name__ == "__main__":

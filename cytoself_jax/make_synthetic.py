@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cytoself_jax.command import run_command
 from cytoself_jax.data.store import CropStore, StoreError
+from cytoself_jax.staging import kept_message
 from cytoself_jax.data.synthetic import SyntheticError, write_synthetic_store
 
 
@@ -72,18 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--complexes", type=int, default=0,
                         help="complexes of 3 proteins of one family sharing a pattern; OUT_complexes.csv lists them")
     args = parser.parse_args(argv)
-    try:
-        store = write_synthetic_store(args.out, proteins=args.proteins, crops_per_protein=args.crops_per_protein,
-                                      fields_per_protein=args.fields_per_protein, size=args.size, seed=args.seed,
-                                      dtype=args.dtype, workers=args.workers, overwrite=args.overwrite,
-                                      complexes=args.complexes)
-    except (SyntheticError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {store}: {len(store.proteins)} proteins, {store.table['family'].nunique()} families")
-    if args.montage:
-        print(f"montage: {save_montage(store, args.montage)}")
-    return 0
+    def body() -> int:
+        try:
+            store = write_synthetic_store(args.out, proteins=args.proteins, crops_per_protein=args.crops_per_protein,
+                                          fields_per_protein=args.fields_per_protein, size=args.size,
+                                          seed=args.seed, dtype=args.dtype, workers=args.workers,
+                                          overwrite=args.overwrite, complexes=args.complexes)
+        except (SyntheticError, StoreError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {store}: {len(store.proteins)} proteins, {store.table['family'].nunique()} families")
+        if args.montage:
+            print(f"montage: {save_montage(store, args.montage)}")
+        return 0
+
+    # a failed write (full disk, permission), Ctrl-C or SIGTERM: one line; the store is written whole or not at all
+    return run_command(body, kept=lambda: kept_message(Path(args.out), Path(args.out).exists()))
 
 
 if __name__ == "__main__":

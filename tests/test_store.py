@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoself_jax.data.store import StoreError, check_pixels, create_store, open_store, write_store
+from cytoself_jax.data.pixels import check_pixels
+from cytoself_jax.data.store import StoreError, create_store, open_store, write_store
 
 CHANNELS = ["protein", "fiducial"]
 

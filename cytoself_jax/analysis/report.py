@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,16 @@ from cytoself_jax.analysis.evaluators import REGISTRY
 from cytoself_jax.analysis.evaluators.reconstructions import EXAMPLES, example_rows
 from cytoself_jax.analysis.options import EvalError, EvalOptions, check_options
 from cytoself_jax.analysis.summary import metrics_markdown
+from cytoself_jax.data.pixels import PixelReport, usable_rows
 from cytoself_jax.data.splits import SplitError, class_ids, empty_split_message, splits_for_config
 from cytoself_jax.data.store import META_FILE, CropStore, fingerprint, open_store
 from cytoself_jax.imaging.fit import Fit, FitError, fit_for
 from cytoself_jax.provenance import code_identity
+from cytoself_jax.staging import staged_writes
 from cytoself_jax.run import checkpoint_step, has_checkpoint, load_run, load_run_config
 
-__all__ = ["EvalError", "EvalOptions", "EvalResult", "default_out_dir", "evaluation_identity", "run_eval"]
+__all__ = ["EvalError", "EvalOptions", "EvalResult", "default_out_dir", "eval_command", "evaluation_identity",
+           "run_eval"]
 
 
 @dataclasses.dataclass
@@ -163,6 +166,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
     store, fit = _open_compatible_store(store_path, run_dir, info, o.fit)
     splits, heldout = _splits(o, config, store, store_path, run_dir)
     rows = np.arange(len(store)) if o.split == "all" else splits[o.split]
+    rows, splits, skipped = _usable(o, store, rows, splits)
     if len(rows) < 3:
         raise EvalError(empty_split_message(store.table, splits, o.split, str(store_path), minimum=3))
     table = store.table.iloc[rows].reset_index(drop=True)
@@ -183,7 +187,8 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
     classes = class_ids(proteins, run.proteins)  # -1: a protein the run was not trained on
     tmp = outdir.staging_folder(out, command, {"run_dir": str(run_dir), "store": str(store_path), "split": o.split,
                                                "checkpoint": run.checkpoint, "evaluation": identity})
-    try:
+    # a failed write (full disk, permission) or Ctrl-C/SIGTERM removes tmp: the output appears complete or not at all
+    with staged_writes(tmp, out):
         examples = example_rows(proteins, families, EXAMPLES, o.seed)
         config_batch = o.batch_size or config.train.eval_batch_size
         outputs = extract(run.model, run.variables, store, rows, full=True, reconstruct=examples,
@@ -199,13 +204,34 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
                           "split": o.split, "crops": int(len(rows)), "proteins": int(len(set(proteins))),
                           "families": len(largest(families)), "fit": o.fit if fit is not None else "",
                           "heldout_proteins": list(heldout), "code": identity["code"]}
+        if o.skip_bad_crops:
+            metrics["run"]["skipped_crops"] = skipped.summary()
+            metrics["notes"].append(skipped_note(skipped))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         (tmp / "metrics.md").write_text(metrics_markdown(metrics))
         outdir.commit(tmp, out, command)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return EvalResult(out_dir=out, metrics=metrics)
+
+
+def _usable(o: EvalOptions, store: CropStore, rows: np.ndarray, splits: dict[str, np.ndarray]
+            ) -> tuple[np.ndarray, dict[str, np.ndarray], PixelReport]:
+    """The evaluated rows and the splits without the store's bad crops (NaN/inf pixel, blank protein channel):
+    a store holding any is refused in one line unless o.skip_bad_crops, which leaves them out (the pixel scan
+    runs once per version of the store: data/pixels.py)."""
+    hint = "--skip_bad_crops" if o.by_field else "--skip-bad-crops"
+    every = np.arange(len(store))
+    _, found = usable_rows(store, every, skip=o.skip_bad_crops, skip_hint=hint, progress=o.progress)
+    if not found.bad.size:
+        return rows, splits, found
+    keep = {name: split[~np.isin(split, found.bad)] for name, split in splits.items()}
+    return rows[~np.isin(rows, found.bad)], keep, found.within(rows)
+
+
+def skipped_note(skipped: PixelReport) -> str:
+    """The note of metrics.json/md on evaluated crops left out by --skip_bad_crops."""
+    return (f"bad crops left out (skip_bad_crops): {skipped.bad.size} of the evaluated crops, "
+            f"{skipped.non_finite.size} with a NaN/inf pixel and {skipped.blank.size} with a blank protein channel"
+            + (f" ({skipped.describe()})" if skipped.bad.size else ""))
 
 
 def _run_evaluators(ctx: EvalContext) -> dict:
@@ -220,3 +246,22 @@ def _run_evaluators(ctx: EvalContext) -> dict:
         metrics.update(result.details)
         metrics["notes"].extend(result.notes)
     return metrics
+
+
+def eval_command(run_dir: str | Path, options: EvalOptions) -> int:
+    """eval.py's and the embed command's run: the summary on stdout and status 0, or one line on stderr: status 2
+    for unusable input (run, checkpoint, store, option, output folder), 1 for a failed write, 130/143 for Ctrl-C and
+    SIGTERM (command.run_command; the output folder is written whole or not at all)."""
+    from cytoself_jax.analysis.summary import result_text
+    from cytoself_jax.command import run_command
+
+    def body() -> int:
+        try:
+            result = run_eval(run_dir, options)
+        except (ValueError, FileNotFoundError) as err:  # EvalError, StoreError, RunError, ...: one line each
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(result_text(result))
+        return 0
+
+    return run_command(body, kept=lambda: "no output was written")

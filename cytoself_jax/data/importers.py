@@ -24,7 +24,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cytoself_jax.data.families import read_families
-from cytoself_jax.data.store import CropStore, check_pixels, check_replaceable_store, create_store
+from cytoself_jax.data.pixels import check_pixels
+from cytoself_jax.data.store import CropStore, check_replaceable_store, create_store
 from cytoself_jax.imaging.nucleus import crop_nucleus_distance
 
 FORMATS = (".tif", ".tiff", ".png", ".npy")

@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
-from tqdm.auto import tqdm
+
+from cytoself_jax.staging import MARKER, kept_message, new_staging, note_kept, require_space, staged_writes
 
 FORMAT = "cytoself-jax-crops"
 VERSION = 1
@@ -32,7 +33,7 @@ DTYPES = ("uint8", "uint16", "float16", "float32")
 REQUIRED_COLUMNS = ("protein", "fov")
 OPTIONAL_COLUMNS = ("family", "source")
 IMAGES_FILE, TABLE_FILE, META_FILE = "crops.npy", "crops.csv", "store.json"
-PIXEL_CHECK_FILE = "pixels-checked.json"  # optional: written by verify_pixels when crops.npy passed its scan
+WRITER = "crop store writer"  # the marker of a store being written (staging.py)
 
 
 class StoreError(ValueError):
@@ -212,42 +213,45 @@ class StoreWriter:
         self.overwrite = overwrite
         self.shape = (int(num_crops), *(int(s) for s in image_shape))
         self.dtype = dtype
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp_path.mkdir()
-        self.images = open_memmap(self.tmp_path / IMAGES_FILE, mode="w+", dtype=dtype, shape=self.shape)
+        # a staging folder carrying a marker, so that the next writer removes it if this process is killed
+        self.tmp_path = new_staging(self.path, WRITER)
+        with staged_writes(self.tmp_path, self.path):
+            require_space(self.tmp_path, int(np.prod(self.shape)) * np.dtype(dtype).itemsize, self.path)
+            self.images = open_memmap(self.tmp_path / IMAGES_FILE, mode="w+", dtype=dtype, shape=self.shape)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def finalize(self, table: pd.DataFrame, metadata: dict | None = None) -> CropStore:
         """Validate ``table`` (one row per crop), write it and the metadata (``metadata``: extra store.json keys,
-        e.g. how a channel was derived), and move the store into place."""
+        e.g. how a channel was derived), and move the store into place. A failed write (full disk, permission)
+        raises WriteFailed (one line: the file, the reason, what was kept), nothing left behind."""
         table = _check_table(table, self.shape[0], self.path / TABLE_FILE)
-        self.images.flush()
-        del self.images  # release the memmap before renaming (required on Windows)
-        table.to_csv(self.tmp_path / TABLE_FILE, index=False)
-        meta = {**(metadata or {}), "format": FORMAT, "version": VERSION, "channels": list(self.channels),
-                "shape": list(self.shape), "dtype": self.dtype}
-        (self.tmp_path / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        if self.path.exists():
-            if not self.overwrite:
-                self.abort()
-                raise _fail(self.path, "store", "appeared while writing; pass overwrite=True to replace it")
-            try:
-                check_replaceable_store(self.path)
-            except StoreError:
-                self.abort()
-                raise
-            # A directory cannot be os.replace'd onto a non-empty one: move the old store aside first, so the
-            # final path always holds either the old or the new complete store.
-            trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, trash)
-            os.replace(self.tmp_path, self.path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp_path, self.path)
+        with staged_writes(self.tmp_path, self.path):
+            self.images.flush()
+            del self.images  # release the memmap before renaming (required on Windows)
+            table.to_csv(self.tmp_path / TABLE_FILE, index=False)
+            meta = {**(metadata or {}), "format": FORMAT, "version": VERSION, "channels": list(self.channels),
+                    "shape": list(self.shape), "dtype": self.dtype}
+            (self.tmp_path / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")  # written last: complete
+            self._move_into_place()
+        (self.path / MARKER).unlink(missing_ok=True)  # the staging marker: a store holds its three files only
         return open_store(self.path)
+
+    def _move_into_place(self) -> None:
+        """Rename the complete staging folder to the store's path, replacing an earlier store only."""
+        if not self.path.exists():
+            os.replace(self.tmp_path, self.path)
+            return
+        if not self.overwrite:
+            raise _fail(self.path, "store", "appeared while writing; pass overwrite=True to replace it")
+        check_replaceable_store(self.path)
+        # A directory cannot be os.replace'd onto a non-empty one: move the old store aside first, so the
+        # final path always holds either the old or the new complete store.
+        trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(self.path, trash)
+        os.replace(self.tmp_path, self.path)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def abort(self) -> None:
         """Discard everything written so far."""
@@ -260,6 +264,7 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            note_kept(exc, kept_message(self.path, self.path.exists()))
 
 
 def check_replaceable_store(path: str | os.PathLike) -> None:
@@ -314,67 +319,12 @@ def _storable(images: np.ndarray, where: Path) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def check_pixels(store: CropStore | StoreWriter, *, chunk: int = 4096, progress: bool = False) -> np.ndarray:
-    """Rows (sorted int64) holding a NaN/inf pixel or whose protein channel is constant; scans ``chunk`` crops at
-    a time so a memmapped store never loads whole."""
-    images, protein = store.images, store.channels.index("protein")
-    bad = []
-    for start in tqdm(range(0, images.shape[0], chunk), desc="checking pixels", unit="chunk", disable=not progress):
-        block = np.asarray(images[start:start + chunk])
-        bad.append(start + np.flatnonzero(non_finite_crops(block) | blank_crops(block, protein)))
-    return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
-
-
-def non_finite_crops(images: np.ndarray) -> np.ndarray:
-    """(N,) bool: which crops of ``images`` (N, H, W, C) hold a NaN or infinite pixel in any channel."""
-    if not np.issubdtype(images.dtype, np.floating):
-        return np.zeros(images.shape[0], dtype=bool)
-    return ~np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
-
-
-def blank_crops(images: np.ndarray, protein: int) -> np.ndarray:
-    """(N,) bool: which crops of ``images`` (N, H, W, C) have a constant protein channel (index ``protein``)."""
-    plane = images[..., protein].reshape(images.shape[0], -1)
-    return plane.min(axis=1) == plane.max(axis=1)
-
-
-def _array_stamp(path: Path) -> dict:
-    stat = (path / IMAGES_FILE).stat()
-    return {"file": IMAGES_FILE, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def verify_pixels(store: CropStore, *, progress: bool = True) -> None:
-    """Refuse a store holding NaN/inf pixels or blank (constant protein channel) crops: raises StoreError naming
-    the first bad rows and their source. The chunked scan runs once per version of crops.npy: a pass is recorded
-    in the store directory (pixels-checked.json, keyed by the array file's size and mtime) when it is writable."""
-    record = store.path / PIXEL_CHECK_FILE
-    stamp = _array_stamp(store.path)
-    try:
-        if json.loads(record.read_text()) == stamp:
-            return
-    except (OSError, ValueError):  # no record yet, or unreadable: scan
-        pass
-    bad = check_pixels(store, progress=progress)
-    if bad.size:
-        raise _fail(store.path / IMAGES_FILE, "pixels", "expected finite values and a protein channel that is not "
-                    f"constant, found {bad.size} bad crop(s): {_describe_rows(store, bad[:3])}"
-                    f"{', ...' if bad.size > 3 else ''}; remove them from the store (e.g. re-import without them)")
-    try:
-        record.write_text(json.dumps(stamp))
-    except OSError:  # a read-only store is scanned again next time
-        pass
+    """Refuse a store holding crops with a NaN/inf pixel or a blank protein channel (data/pixels.py, the one pixel
+    check; kept here for callers that import it from the store module)."""
+    from cytoself_jax.data.pixels import verify_pixels as verify
 
-
-def _describe_rows(store: CropStore, rows: np.ndarray) -> str:
-    """'row 5 (NaN/inf; source a/b.tif)' for each row, the source being the table's source or protein and fov."""
-    parts = []
-    for row in rows:
-        crop = np.asarray(store.images[row])
-        what = "NaN/inf" if not np.isfinite(crop).all() else "constant protein channel"
-        entry = store.table.iloc[row]
-        where = f"source {entry['source']}" if entry["source"] else f"protein {entry['protein']}, fov {entry['fov']}"
-        parts.append(f"row {int(row)} ({what}; {where})")
-    return ", ".join(parts)
+    verify(store, progress=progress)
 
 
 def fingerprint(store: CropStore, samples: int = 64) -> dict:

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from cytoself_jax.command import run_command
 from cytoself_jax.data.store import StoreError
 from cytoself_jax.prepare.io import DEFAULT_PATTERN, InputError, fields_from_pattern, fields_from_table
 from cytoself_jax.prepare.run import PrepareSettings, load_families, prepare
@@ -53,7 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command-line entry; returns the exit status: 2 with one line on bad input, 1 when a write fails (full disk,
+    permission), 130/143 on Ctrl-C/SIGTERM, each line saying what was kept (finished fields stay in OUT/work)."""
     args = build_parser().parse_args(argv)
+    work = os.path.join(args.out, "work")
+    return run_command(lambda: _prepare(args), kept=lambda: "",
+                       note=lambda: (f"finished fields are kept in {work}; rerun the same command to resume"
+                                     if os.path.isdir(work) else ""))
+
+
+def _prepare(args: argparse.Namespace) -> int:
     try:
         segment = SegmentParams(sigma=args.sigma, laplace_sigma=args.laplace_sigma, closing_radius=args.closing_radius,
                                 max_hole_area=args.max_hole_area, minima_percentile=args.minima_percentile,
@@ -67,10 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         families = load_families(args.families) if args.families else {}
         result = prepare(specs, args.out, settings, families=families, problems=problems, workers=args.workers,
                          montage_crops=args.montage_crops, seed=args.seed, keep_work=not args.remove_work)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished fields are kept in {os.path.join(args.out, 'work')}; rerun the same command "
-              f"to resume", file=sys.stderr)
-        return 130
     except (InputError, StoreError) as err:  # one-line errors about the input, the settings or the store
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from cytoself_jax.data.store import blank_crops, non_finite_crops
+from cytoself_jax.data.pixels import blank_crops, non_finite_crops
 
 REJECT_EDGE = "edge"
 # Crops training would refuse (docs/DESIGN.md, the crop store): a NaN/inf pixel, or a constant protein channel.

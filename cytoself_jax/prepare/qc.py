@@ -25,10 +25,35 @@ from tqdm.auto import tqdm
 
 from cytoself_jax.data.store import CropStore
 from cytoself_jax.prepare.crop import REJECT_BLANK, REJECT_EDGE, REJECT_NON_FINITE
+from cytoself_jax.prepare.io import InputError
 from cytoself_jax.prepare.segment import REJECT_DIM, REJECT_SMALL
+from cytoself_jax.staging import MARKER, OutputFolderError, commit, read_marker, staging_folder
 
 REASONS = (REJECT_EDGE, REJECT_SMALL, REJECT_DIM, REJECT_NON_FINITE, REJECT_BLANK)
 OUTLINE, CENTRE = (1.0, 0.85, 0.0), (1.0, 0.15, 0.15)
+
+
+QC_COMMAND = "prepare"  # the marker of a QC report folder (staging.py)
+QC_FILES = ("fields.csv", "rejected.csv", "errors.csv", "proteins.csv", "summary.json", "montage")
+
+
+def begin_report(qc_dir: Path) -> Path:
+    """A staging folder for a new QC report at `qc_dir` (see staging.py): an earlier report is replaced whole by
+    commit_report, never a folder prepare did not write. A report of a version that wrote no marker (its files
+    all QC files) is recognised as prepare's."""
+    if qc_dir.is_dir() and not read_marker(qc_dir):
+        entries = sorted(p.name for p in qc_dir.iterdir())
+        if entries and set(entries) <= set(QC_FILES):
+            (qc_dir / MARKER).write_text(json.dumps({"written_by": QC_COMMAND, "files": entries}) + "\n")
+    try:
+        return staging_folder(qc_dir, QC_COMMAND)
+    except OutputFolderError as err:
+        raise InputError(str(err)) from None
+
+
+def commit_report(tmp: Path, qc_dir: Path) -> None:
+    """Move the complete report into place (replacing the earlier one)."""
+    commit(tmp, qc_dir, QC_COMMAND)
 
 
 def write_tables(qc_dir: Path, summaries: Sequence, problems: Sequence[tuple[str, str]],

@@ -33,6 +33,7 @@ from cytoself_jax.prepare.crop import crop_nuclei, drop_unusable
 from cytoself_jax.imaging.distance import signed_distance
 from cytoself_jax.prepare.io import FieldError, FieldSpec, InputError, read_field
 from cytoself_jax.prepare.segment import SegmentParams, segment_nuclei
+from cytoself_jax.staging import staged_writes
 
 CHANNELS = ("protein", "nucleus", "distance")
 STORE_DTYPE = "float32"
@@ -89,12 +90,20 @@ def work_file(work_dir: Path, fov_id: str) -> Path:
 
 
 def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write a work file whole or not at all: a failed write (full disk) removes the partial file and raises the
+    OSError, naming the work file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
 
 
 def _summary_from_file(path: Path, spec: FieldSpec, resumed: bool) -> FieldSummary | None:
@@ -285,15 +294,21 @@ def prepare(specs: Sequence[FieldSpec], out: str | os.PathLike, settings: Prepar
         elif summary.status != STATUS_OK and not summary.resumed:
             warn(f"{summary.source}: {summary.fov_id}: no crops ({summary.status.replace('_', ' ')})")
     ordered = tuple(summaries[s.fov_id] for s in specs)
-    qc.write_tables(qc_dir, ordered, problems, families)
     total = sum(s.crops for s in ordered)
-    if total == 0:
-        counts = {k: sum(s.status == k for s in ordered) for k in (STATUS_ERROR, STATUS_NO_NUCLEI, STATUS_NO_CROPS)}
-        raise PrepareError(f"{out}: no field yielded a crop ({len(ordered)} fields: {counts[STATUS_ERROR]} errors, "
-                           f"{counts[STATUS_NO_NUCLEI]} without nuclei, {counts[STATUS_NO_CROPS]} with every nucleus "
-                           f"rejected); see {qc_dir / 'fields.csv'}")
-    store = assemble_store(out / "store", specs, summaries, work_dir, settings.crop_size, families, progress)
-    qc.write_montages(qc_dir / "montage", store, montage_crops, seed, progress)
+    # The QC report is written into a staging folder renamed into place last, so OUT/qc is always a whole report
+    tmp_qc = qc.begin_report(qc_dir)
+    with staged_writes(tmp_qc, qc_dir):
+        qc.write_tables(tmp_qc, ordered, problems, families)
+        if total == 0:
+            qc.commit_report(tmp_qc, qc_dir)
+            counts = {k: sum(s.status == k for s in ordered) for k in (STATUS_ERROR, STATUS_NO_NUCLEI,
+                                                                        STATUS_NO_CROPS)}
+            raise PrepareError(f"{out}: no field yielded a crop ({len(ordered)} fields: {counts[STATUS_ERROR]} "
+                               f"errors, {counts[STATUS_NO_NUCLEI]} without nuclei, {counts[STATUS_NO_CROPS]} with "
+                               f"every nucleus rejected); see {qc_dir / 'fields.csv'}")
+        store = assemble_store(out / "store", specs, summaries, work_dir, settings.crop_size, families, progress)
+        qc.write_montages(tmp_qc / "montage", store, montage_crops, seed, progress)
+        qc.commit_report(tmp_qc, qc_dir)
     if not keep_work:
         for spec in specs:
             work_file(work_dir, spec.fov_id).unlink(missing_ok=True)

@@ -8,16 +8,13 @@ checkpoint that a later restore could pick up half-written.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
-import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 try:
     import fcntl
@@ -29,6 +26,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cytoself_jax.staging import os_reason
+from cytoself_jax.training.orbax_logs import capture_library_reports
 from cytoself_jax.training.signals import signals_held
 from cytoself_jax.train_state import TrainState
 
@@ -44,27 +43,10 @@ class CheckpointSaveError(CheckpointError):
     """A checkpoint could not be written (a full disk); the previous one is intact."""
 
 
-@contextlib.contextmanager
-def _orbax_errors_unlogged() -> Iterator[None]:
-    """Within the block, orbax's own error logs (through absl, with tracebacks) are dropped: a failure there raises
-    an exception that this module reports in one line."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        absl_logger.setLevel(level)
-
-
 def _one_line(err: BaseException, width: int = 160) -> str:
     """'TypeName: first line of the message', shortened: orbax's errors span pages. An operating-system error
     inside (tensorstore ends its message with it) is what is reported: 'No space left on device [errno 28]'."""
-    code = re.search(r"os_error_code='(\d+)'", str(err))
-    if code:
-        return f"{os.strerror(int(code.group(1)))} [errno {code.group(1)}]"
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    text = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    text = os_reason(err)
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
@@ -107,6 +89,9 @@ class Checkpointer:
     (only the training process may do that: an eval reading a live run must not delete the save in flight)."""
 
     def __init__(self, run_dir: Path, clean_tmp: bool = False):
+        # orbax's own error logs and its threads' leftover exceptions are captured: a failure raises an exception
+        # that this module reports in one line (a damaged checkpoint: one warning or error, nothing else)
+        capture_library_reports()
         self.root = Path(run_dir).absolute() / "checkpoints"
         if clean_tmp:
             # Done here, synchronously: orbax's own cleanup option runs in the background and is only awaited by
@@ -137,7 +122,7 @@ class Checkpointer:
         # small XLA program per parameter shape (seconds on CPU). restore() puts the arrays back on devices.
         host = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), state)
         try:
-            with signals_held(), _orbax_errors_unlogged():  # Ctrl-C or SIGTERM stop the run once it is complete
+            with signals_held():  # Ctrl-C or SIGTERM stop the run once it is complete
                 (self.root / which).mkdir(parents=True, exist_ok=True)
                 mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host),
                                                        loop=ocp.args.JsonSave(loop.to_json())))
@@ -161,8 +146,7 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
-            with _orbax_errors_unlogged():
-                out = mgr.restore(step, args=args)
+            out = mgr.restore(step, args=args)
             return out.state, LoopState.from_json(out.loop)
         except Exception as err:  # noqa: BLE001 - a damaged file surfaces as any of orbax's or tensorstore's errors
             raise CheckpointError(f"{self.root / which / str(step)}: unreadable checkpoint ({_one_line(err)})") \

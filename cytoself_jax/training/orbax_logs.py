@@ -1,0 +1,60 @@
+"""orbax's and tensorstore's own reports of a failed checkpoint read or write, captured instead of shown.
+
+A damaged checkpoint file makes orbax log errors from its reader threads (through absl, some with tracebacks,
+one per array) and makes tensorstore's callbacks hit orbax's closed event loop ('Event loop is closed', reported
+as unraisable or thread exceptions, pages of tracebacks), sometimes after the failed call has returned. The
+checkpoint module raises its own one-line error (or warns once) instead, so these reports are captured: records
+of orbax's modules go to the DEBUG level of the 'cytoself_jax.orbax' logger (message only, no traceback), and
+the closed-loop exceptions are dropped. Anything else is shown as usual.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import orbax.checkpoint
+
+ORBAX_DIR = str(Path(orbax.checkpoint.__file__).resolve().parent)
+CAPTURED = logging.getLogger("cytoself_jax.orbax")
+_installed = False
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _OrbaxRecords(logging.Filter):
+    """Keeps orbax's records off the absl logger's handlers, passing their message on at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(Path(record.pathname).resolve()).startswith(ORBAX_DIR):
+            return True
+        if CAPTURED.isEnabledFor(logging.DEBUG):
+            CAPTURED.debug("%s: %s", logging.getLevelName(record.levelno), record.getMessage())
+        return False
+
+
+def capture_library_reports() -> None:
+    """Install the capture (once per process; see module doc)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    logging.getLogger("absl").addFilter(_OrbaxRecords())
+    unraisable, excepthook, thread_hook = sys.unraisablehook, sys.excepthook, threading.excepthook
+
+    def on_unraisable(report) -> None:
+        if not _closed_loop(report.exc_value):
+            unraisable(report)
+
+    def on_exception(kind, value, tb) -> None:
+        if not _closed_loop(value):
+            excepthook(kind, value, tb)
+
+    def on_thread_exception(args) -> None:
+        if not _closed_loop(args.exc_value):
+            thread_hook(args)
+
+    sys.unraisablehook, sys.excepthook, threading.excepthook = on_unraisable, on_exception, on_thread_exception
