@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config
+from cytoself_jax.analysis.h5ad import store_rows
 from cytoself_jax.analysis import interpret
 from cytoself_jax.analysis.embed import extract
 from cytoself_jax.analysis.evaluators.codebooks import codebook_usage
@@ -176,8 +177,8 @@ def test_eval_writes_sane_outputs(tiny_run, evaluated):
 
     adata = anndata.read_h5ad(out / "embeddings.h5ad")
     assert adata.n_obs == len(test_rows)
-    np.testing.assert_array_equal(np.sort(adata.obs["index"].to_numpy()), test_rows)  # each test crop once
-    table = store.table.iloc[adata.obs["index"].to_numpy()]
+    np.testing.assert_array_equal(np.sort(store_rows(adata)), test_rows)  # each test crop once
+    table = store.table.iloc[store_rows(adata)]
     np.testing.assert_array_equal(adata.obs["protein"].astype(str), table["protein"])
     np.testing.assert_array_equal(adata.obs["fov"].astype(str), table["fov"])
     assert set(adata.obs["split"]) == {"test"}
@@ -251,7 +252,7 @@ def test_random_init_needs_no_checkpoint_and_evaluates_the_initial_model(tiny_ru
     # The floor is the run's model at initialisation: the training loop's init key from config.seed.
     model, store = tiny_run["model"], tiny_run["store"]
     state = _init(model, (32, 32, 2), jax.random.split(jax.random.PRNGKey(0))[0])
-    rows = adata.obs["index"].to_numpy()[:4]
+    rows = store_rows(adata)[:4]
     images = np.stack([StoreSource(store, rows, CHANNELS)[i]["image"] for i in range(4)])
     embed = jax.jit(lambda v, x: model.apply(v, x, method=model.embed))
     q = embed({"params": state.params, **state.model_state}, images)[1].quantized

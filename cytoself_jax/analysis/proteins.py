@@ -63,7 +63,9 @@ def protein_atlas(out: Path, embeddings: np.ndarray, table: pd.DataFrame, n_neig
     sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False,
                  key_added="leiden")
     sc.tl.dendrogram(adata, groupby="protein", use_rep="X_cytoself")
-    sc.tl.pca(adata, n_comps=int(min(50, adata.n_obs - 1, adata.n_vars - 1)), random_state=seed)
+    # An exact SVD (a few thousand proteins at most): ARPACK fails outright on profiles without variance (a model
+    # at initialisation), where the exact one returns zero components.
+    sc.tl.pca(adata, n_comps=int(min(50, adata.n_obs - 1, adata.n_vars - 1)), svd_solver="full", random_state=seed)
     communities = sorted(adata.obs["leiden"].cat.categories, key=int)
     adata.obs["leiden"] = adata.obs["leiden"].cat.reorder_categories(communities)
     adata.uns.update({
