@@ -20,6 +20,7 @@ from cytoself_jax.analysis.embed import extract, extract_arrays
 from cytoself_jax.data.pixels import PixelReport, array_rows, usable_rows
 from cytoself_jax.data.store import IMAGES_FILE, META_FILE, CropStore, StoreError
 from cytoself_jax.imaging.fit import fit_for
+from cytoself_jax.models.quantizer import code_histogram
 from cytoself_jax.run import Run, load_run
 
 __all__ = ["Embeddings", "Run", "embed_images", "embed_store", "load_run"]
@@ -49,17 +50,12 @@ class Embeddings:
         return len(self.global_vectors)
 
 
-def _histograms(indices: np.ndarray, num_codes: int) -> np.ndarray:
-    flat = indices.reshape(len(indices), -1).astype(np.int64)
-    offsets = flat + num_codes * np.arange(len(flat))[:, None]  # one bincount for every row at once
-    return np.bincount(offsets.ravel(), minlength=num_codes * len(flat)).reshape(len(flat), num_codes).astype(np.int32)
-
-
 def _embeddings(run: Run, out, index: np.ndarray, skipped: PixelReport, label: str) -> Embeddings:
+    num_codes = run.model.spec.vq_global.num_codes
     return Embeddings(global_vectors=out.global_vectors, local_vectors=out.local_vectors,
                       global_indices=out.global_indices, local_indices=out.local_indices,
                       local_histograms=out.local_histograms,
-                      global_histograms=_histograms(out.global_indices, run.model.spec.vq_global.num_codes),
+                      global_histograms=np.asarray(code_histogram(out.global_indices, num_codes)),
                       index=np.asarray(index, np.int64), skipped=skipped.summary(label) if skipped.bad.size else {})
 
 

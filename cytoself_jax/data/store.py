@@ -319,14 +319,6 @@ def _storable(images: np.ndarray, where: Path) -> np.ndarray:
     return images.astype(np.float32)
 
 
-def verify_pixels(store: CropStore, *, progress: bool = True) -> None:
-    """Refuse a store holding crops with a NaN/inf pixel or a blank protein channel (data/pixels.py, the one pixel
-    check; kept here for callers that import it from the store module)."""
-    from cytoself_jax.data.pixels import verify_pixels as verify
-
-    verify(store, progress=progress)
-
-
 def fingerprint(store: CropStore, samples: int = 64) -> dict:
     """A cheap identity of a store's contents, to tell whether a run's store changed: shape, dtype, channels, a
     SHA-256 of the table's protein and fov columns (the labels and the split) and one of the pixels of `samples`

@@ -22,7 +22,6 @@ except ImportError:  # Windows
     fcntl = None
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -266,10 +265,3 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self._file.close()  # closing releases the lock
-
-
-def save_run_config(run_dir: Path, config: ml_collections.ConfigDict, dataset_info: dict) -> None:
-    """Record the experiment so eval needs nothing but the run directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", json.loads(config.to_json()))
-    write_json_atomic(run_dir / "dataset.json", dataset_info)

@@ -17,7 +17,8 @@ import numpy as np
 
 from cytoself_jax.data.pipeline import make_dataset, pixel_variance, steps_per_epoch
 from cytoself_jax.data.splits import check_split_sizes, class_ids, splits_for_config
-from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store, verify_pixels
+from cytoself_jax.data.pixels import verify_pixels
+from cytoself_jax.data.store import META_FILE, TABLE_FILE, CropStore, StoreError, fingerprint, open_store
 from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.program_cache import cached_program
 from cytoself_jax.run import load_run_config
