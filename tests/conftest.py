@@ -17,11 +17,15 @@ from cytoself_jax.compile_cache import ENV_VAR, enable_compilation_cache
 
 # Many tests build the same small models: with JAX's persistent cache each distinct program compiles once per
 # session, not once per test. The tests' cache is their own (never the user's ~/.cache/cytoself_jax nor a
-# $CYTOSELF_JAX_CACHE of theirs): a temporary folder per session (per xdist worker), removed at exit; train.py
-# and eval.py started by tests inherit it through the environment.
-_TEST_CACHE = Path(tempfile.mkdtemp(prefix="cytoself-jax-test-cache-"))
-atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
-os.environ[ENV_VAR] = str(_TEST_CACHE)
+# $CYTOSELF_JAX_CACHE of theirs): a temporary folder made by the pytest process that starts the session and
+# removed when it exits; its xdist workers inherit it through the environment (so a program compiled by one worker
+# is not compiled again by the other), and so do train.py and eval.py started by tests.
+_SESSION_VAR = "CYTOSELF_JAX_TEST_CACHE"
+if _SESSION_VAR not in os.environ or "PYTEST_XDIST_WORKER" not in os.environ:
+    _TEST_CACHE = Path(tempfile.mkdtemp(prefix="cytoself-jax-test-cache-"))
+    atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
+    os.environ[_SESSION_VAR] = str(_TEST_CACHE)
+os.environ[ENV_VAR] = os.environ[_SESSION_VAR]
 enable_compilation_cache()
 
 SHARED_YEAST = Path(__file__).resolve().parents[2] / "shared" / "data" / "yeast-lu2019"

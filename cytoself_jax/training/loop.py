@@ -31,7 +31,7 @@ from cytoself_jax.training.run_record import check_resumable, check_run_dir, che
 from cytoself_jax.training.schedule import after_validation
 from cytoself_jax.train_state import TrainState, with_learning_rate
 from cytoself_jax.models import build_model
-from cytoself_jax.training.programs import eval_step_program, init_program, train_step_program
+from cytoself_jax.training.programs import eval_step_program, init_program, program_inputs, train_step_program
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +270,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
     replicated = mesh_lib.replicated(mesh)
     # Placed on the mesh like the state: programs of placed arguments are kept on disk (program_cache.py)
     init_key, step_key = (jax.device_put(k, replicated) for k in jax.random.split(jax.random.PRNGKey(config.seed)))
-    # The programs are made from the whole config, the dataset record and the mesh: their key (program_cache.py).
-    # One jitted init (cached across runs by the compilation cache) instead of hundreds of eager ops.
-    programs = (config, dataset_info, mesh)
+    # The programs are made from what they may read of the config and dataset record, and the mesh: their key
+    # (program_cache.py). One jitted init (cached across runs by the compilation cache) instead of hundreds of
+    # eager ops.
+    programs = (program_inputs(config, dataset_info), mesh)
     init = cached_program(init_program, *programs)
     loop = LoopState(learning_rate=config.train.learning_rate)
     if resume and checkpointer.has("latest"):
