@@ -327,6 +327,23 @@ def test_ema_codebooks_live_in_their_own_collection_and_update_in_training():
     assert set(state) == {"batch_stats", "codebook_ema"}
 
 
+def test_codebook_options_add_only_their_collection_and_default_to_the_paper():
+    """Defaults and runs saved before the codebook options existed: the paper's quantizers (no maintenance
+    collection); k-means init and restarts on: the same parameters plus codebook_state per quantizer."""
+    x = jax.ShapeDtypeStruct((2, 32, 32, 2), jnp.float32)
+    saved = tiny_model_cfg().to_dict()
+    for field in ("codebook_init", "codebook_kmeans_iterations", "codebook_restart_threshold", "codebook_restart_decay"):
+        del saved[field]
+    assert ModelSpec.from_config(saved, (32, 32, 2), 4) == ModelSpec.from_config(tiny_model_cfg(), (32, 32, 2), 4)
+    default, _ = abstract(make_model(tiny_model_cfg(), (32, 32, 2)), x)
+    assert set(default) == {"params", "batch_stats"}
+    on, _ = abstract(make_model(tiny_model_cfg(codebook_init="kmeans", codebook_restart_threshold=0.1), (32, 32, 2)), x)
+    assert set(on) == {"params", "batch_stats", "codebook_state"}
+    chex.assert_trees_all_equal_shapes_and_dtypes(on["params"], default["params"])
+    assert {level: set(v) for level, v in on["codebook_state"].items()} == {
+        level: {"kmeans_done", "usage", "restarts", "replaced", "replacement"} for level in ("vq_local", "vq_global")}
+
+
 def test_from_config_accepts_a_json_round_trip():
     cfg = paper_config().model
     loaded = ml_collections.ConfigDict(json.loads(cfg.to_json()))  # tuples come back as lists
@@ -349,6 +366,11 @@ def test_from_config_accepts_a_json_round_trip():
         (lambda m: m.update(drop_path_rate=1.0), r"config\.model\.drop_path_rate: expected a number in \[0.0, 1.0\)"),
         (lambda m: m.update(decoder_features=(1,)), r"config\.model\.decoder_features: unknown field"),
         (lambda m: m.encoder_global.update(stem_stride=1, stages=((6, 3, 1, 80, 1),)), r"encoder_global: expected at least"),
+        (lambda m: m.update(codebook_init="random"), r"config\.model\.codebook_init: expected one of \('uniform', 'kmeans'\)"),
+        (lambda m: m.update(codebook_kmeans_iterations=0), r"config\.model\.codebook_kmeans_iterations: expected an integer >= 1"),
+        (lambda m: m.update(codebook_restart_threshold=1.5),
+         r"config\.model\.codebook_restart_threshold: expected a number in \[0.0, 1.0\)"),
+        (lambda m: m.update(codebook_restart_decay=1.0), r"config\.model\.codebook_restart_decay: expected a number in \[0.0, 1.0\)"),
     ],
 )
 def test_bad_config_is_a_clear_error_naming_the_field(edit, message):

@@ -352,7 +352,11 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path, tiny_store_path, r
     got, want = _numbers(_records(again.run_dir)), _numbers(_records(reference.run_dir))
     assert got == want  # bit for bit
     epochs = [r for r in got if r["kind"] == "epoch"]
-    assert all({"val_dead_codes_local", "val_dead_codes_global", "val_perplexity_local"} <= set(r) for r in epochs)
+    # per epoch each codebook's dead codes and perplexity over the validation split, per step the batch's (issue 27)
+    for r in epochs:
+        for level in ("local", "global"):
+            assert 0 <= r[f"val_dead_codes_{level}"] < 32 and 1.0 <= r[f"val_perplexity_{level}"] <= 32 + 1e-3
+    assert all({"perplexity_local", "perplexity_global"} <= set(r) for r in got if r["kind"] == "step")
     # the loop warns exactly for the epochs and codebooks whose logged perplexity is below the floor
     warned = {(int(m.group(1)), m.group(2)) for m in
               (re.match(r"epoch (\d+): (local|global) codebook perplexity", r.getMessage()) for r in caplog.records) if m}

@@ -7,6 +7,7 @@ import math
 import types
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,7 +20,7 @@ from cytoself_jax.training.checkpoint import Checkpointer, LoopState
 from cytoself_jax.training.losses import config_loss_terms, loss_terms, monitored_value, total_loss
 from cytoself_jax.training.loop import NonFiniteLossError, train
 from cytoself_jax.training.schedule import after_validation
-from cytoself_jax.models import build_model
+from cytoself_jax.models import CytoselfOutput, VectorQuantizer, build_model
 from cytoself_jax.train_state import create_train_state, with_learning_rate
 from cytoself_jax.training.step import loss_and_grads, make_train_step
 
@@ -64,6 +65,48 @@ def test_warm_up_epochs_are_never_best_and_count_towards_no_patience():
     cfg.max_epochs = 2
     loop = LoopState(learning_rate=1.0)
     assert [after_validation(loop, 1.0, cfg)[1], after_validation(dataclasses.replace(loop, epoch=1), 2.0, cfg)[1]] == [False, True]
+
+
+def test_plateau_needs_min_delta_early_stop_and_best_any_decrease():
+    """The paper's Keras callbacks: ReduceLROnPlateau keeps its own best and counts an epoch as better only below
+    it by more than min_delta; EarlyStopping and the best checkpoint take any decrease."""
+    cfg = _train_cfg(plateau_patience=2, plateau_factor=0.1, plateau_min_delta=0.1, early_stop_patience=3,
+                     select_from_epoch=1, max_epochs=100)
+    loop = LoopState(learning_rate=1.0)
+    best, lrs = [], []
+    for v in [5.0, 4.95, 4.92, 4.8, 4.85, 4.86, 4.87]:
+        loop, improved = after_validation(loop, v, cfg)
+        best.append(improved)
+        lrs.append(loop.learning_rate)
+    assert best == [True, True, True, True, False, False, False]
+    # 4.95 and 4.92 are no plateau improvement on 5.0 (lr cut after them); 4.8 is (counter restarts), then 2 more
+    np.testing.assert_allclose(lrs, [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
+    assert loop.plateau_best == 4.8 and loop.best_val_loss == 4.8 and loop.best_epoch == 4
+    assert loop.stop_reason.startswith("early stop") and loop.epoch == 7
+    # without the field (runs saved before it), one best for both counters, as before
+    del cfg["plateau_min_delta"]
+    loop = LoopState(learning_rate=1.0)
+    for v in [5.0, 4.95, 4.92]:
+        loop, _ = after_validation(loop, v, cfg)
+    assert loop.learning_rate == 1.0 and loop.plateau_best == loop.best_val_loss == 4.92
+
+
+def test_loop_state_saved_before_plateau_best_resumes_with_one_best():
+    old = LoopState(epoch=3, learning_rate=0.1, best_val_loss=2.5, best_epoch=2).to_json()
+    del old["plateau_best"]
+    assert LoopState.from_json(old).plateau_best == 2.5
+    fresh = LoopState(learning_rate=0.1)
+    assert fresh.to_json()["plateau_best"] is None and LoopState.from_json(fresh.to_json()) == fresh
+
+
+def test_paper_config_selects_the_model_as_the_paper_code_does():
+    """The TF code's callbacks monitor val_loss (the total) from the 0-based epoch > callbacks_start_from = 1,
+    ReduceLROnPlateau(factor 0.1, patience 4, min_delta 1e-4), EarlyStopping(patience 12, min_delta 0)."""
+    from cytoself_jax.config import paper_config
+
+    t = paper_config().train
+    assert (t.monitor, t.select_from_epoch, t.plateau_factor, t.plateau_patience, t.plateau_min_delta,
+            t.early_stop_patience) == ("loss", 3, 0.1, 4, 1e-4, 12)
 
 
 def test_monitored_value_leaves_out_the_weighted_vq_terms():
@@ -150,6 +193,46 @@ def _run_steps(config, mesh, batch, steps):
         state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(1))
         losses.append(float(metrics["loss"]))
     return state, losses
+
+
+class _TwoQuantizers(nn.Module):
+    """A toy stand-in for CytoselfModel with its quantizers' names (vq_local, vq_global) and output fields: one
+    Dense projection per level, so that the train step compiles in seconds."""
+
+    vq: dict
+
+    @nn.compact
+    def __call__(self, x, train):
+        z = nn.Dense(8)(x[:, ::8, ::8])  # (B, 4, 4, 8)
+        local = VectorQuantizer(name="vq_local", **self.vq)(z, train)
+        glob = VectorQuantizer(name="vq_global", **self.vq)(z, train)
+        return CytoselfOutput(reconstruction=x, local_prediction=local.quantized, z_local=z, vq_local=local,
+                              vq_global=glob, logits={})
+
+
+def test_train_step_writes_the_quantizers_codebook_replacements(tmp_path):
+    """k-means init and restarts on: after the first step each gradient-trained codebook is the k-means result
+    the quantizer computed (not the optimizer's update of the uniform codes), the marks are cleared, and the
+    restarts are step metrics."""
+    config = tiny_config(tmp_path, tmp_path)
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+
+    def first_step(**options):
+        model = _TwoQuantizers(dict(num_codes=16, code_dim=8, **options))
+        state = mesh_lib.replicate(create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0)), mesh)
+        step = make_train_step(model, config.loss, mesh, 0.1)
+        return (jax.device_get(state.params),
+                *jax.device_get(step(state, mesh_lib.shard_batch(_fixed_batch(), mesh), jax.random.PRNGKey(1))))
+
+    before, state, metrics = first_step(codebook_init="kmeans", restart_threshold=0.5, restart_decay=0.9)
+    for level in ("local", "global"):
+        vq = state.model_state["codebook_state"][f"vq_{level}"]
+        assert bool(vq["kmeans_done"]) and not vq["replaced"].any()
+        chex.assert_trees_all_equal(state.params[f"vq_{level}"]["codebook"], vq["replacement"])
+        assert not np.allclose(state.params[f"vq_{level}"]["codebook"], before[f"vq_{level}"]["codebook"], atol=1e-3)
+        assert float(metrics[f"codebook_restarts_{level}"]) == int(vq["restarts"])
+    _, state, metrics = first_step()  # the paper's quantizers: no maintenance state, no restart metrics
+    assert set(state.model_state) == set() and not any(k.startswith("codebook_") for k in metrics)
 
 
 def test_loss_decreases_on_a_tiny_batch(tmp_path):
@@ -306,18 +389,23 @@ def test_heldout_proteins_are_not_trained_on_and_are_recorded(tmp_path, tiny_sto
 
 
 def test_resume_check_treats_absent_split_fields_as_their_defaults(tmp_path):
-    """A run saved before split_fold / heldout_* existed trained with their defaults: it resumes with them, and
-    only with them."""
+    """A run saved before split_fold / heldout_* / the codebook options existed trained with their defaults: it
+    resumes with them, and only with them."""
     from cytoself_jax.training.run_record import check_resumable
 
     config = tiny_config(tmp_path / "run", tmp_path / "store")
     saved = json.loads(config.to_json())
-    for field in ("split_fold", "heldout_proteins", "heldout_seed"):
-        del saved["data"][field]
+    added = {"data": {"split_fold": 1, "heldout_proteins": 0.2, "heldout_seed": 3},
+             "model": {"codebook_init": "kmeans", "codebook_kmeans_iterations": 3, "codebook_restart_threshold": 0.1,
+                       "codebook_restart_decay": 0.9}}
+    for section, fields in added.items():
+        for field in fields:
+            del saved[section][field]
     old = ml_collections.ConfigDict(saved)
     check_resumable(old, config, tmp_path)
-    for field, value in (("split_fold", 1), ("heldout_proteins", 0.2), ("heldout_seed", 3)):
-        changed = tiny_config(tmp_path / "run", tmp_path / "store")
-        changed.data[field] = value
-        with pytest.raises(ValueError, match=f"changed: data.{field} \"\\(absent\\)\" -> "):
-            check_resumable(old, changed, tmp_path)
+    for section, fields in added.items():
+        for field, value in fields.items():
+            changed = tiny_config(tmp_path / "run", tmp_path / "store")
+            changed[section][field] = value
+            with pytest.raises(ValueError, match=f"changed: {section}.{field} \"\\(absent\\)\" -> "):
+                check_resumable(old, changed, tmp_path)

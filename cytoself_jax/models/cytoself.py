@@ -26,7 +26,7 @@ from cytoself_jax.models.decoder import DECODERS, Decoder, paper_padding, paper_
 from cytoself_jax.models.efficientnet import Encoder, Stage
 from cytoself_jax.models.heads import ClassifierHead
 from cytoself_jax.models.layers import ModelConfigError
-from cytoself_jax.models.quantizer import VectorQuantizer, VQOutput
+from cytoself_jax.models.quantizer import CODEBOOK_INITS, VectorQuantizer, VQOutput
 
 LEVELS = ("local", "global")
 DTYPES = ("float32", "bfloat16")
@@ -41,6 +41,10 @@ MODEL_FIELDS = (
     "vq_ema",
     "vq_ema_decay",
     "vq_ema_epsilon",
+    "codebook_init",
+    "codebook_kmeans_iterations",
+    "codebook_restart_threshold",
+    "codebook_restart_decay",
     "decoder",
     "decoder_min_features",
     "decoder_global_features",
@@ -53,7 +57,11 @@ MODEL_FIELDS = (
 )
 # Fields added after runs were first saved: a run's config.json without one gets this default, which is what the
 # code did before the field existed (runs saved before 'decoder' existed used the PyTorch reference's decoders).
-_MODEL_FIELD_DEFAULTS = {"remat_decoders": False, "decoder": "pytorch_reference", "decoder_min_features": 32}
+# The codebook options' defaults are also the current config's (off: the paper's quantizer), so such runs resume.
+CODEBOOK_FIELD_DEFAULTS = {"codebook_init": "uniform", "codebook_kmeans_iterations": 10,
+                           "codebook_restart_threshold": 0.0, "codebook_restart_decay": 0.99}
+_MODEL_FIELD_DEFAULTS = {"remat_decoders": False, "decoder": "pytorch_reference", "decoder_min_features": 32,
+                         **CODEBOOK_FIELD_DEFAULTS}
 _ENCODER_FIELDS = ("stem_features", "stem_stride", "stages")
 _VQ_FIELDS = ("num_codes", "code_dim", "num_splits")
 _PREFIX = "config.model"
@@ -165,6 +173,10 @@ class ModelSpec:
     vq_ema: bool
     vq_ema_decay: float
     vq_ema_epsilon: float
+    codebook_init: str
+    codebook_kmeans_iterations: int
+    codebook_restart_threshold: float
+    codebook_restart_decay: float
     decoder: str
     decoder_min_features: int
     decoder_global_features: tuple[int, ...]
@@ -188,6 +200,8 @@ class ModelSpec:
         dtype = model_cfg["dtype"]
         if dtype not in DTYPES:
             raise ModelConfigError(f"{p}.dtype: expected one of {DTYPES}, got {dtype!r}")
+        if model_cfg["codebook_init"] not in CODEBOOK_INITS:
+            raise ModelConfigError(f"{p}.codebook_init: expected one of {CODEBOOK_INITS}, got {model_cfg['codebook_init']!r}")
         if model_cfg["decoder"] not in DECODERS:
             raise ModelConfigError(f"{p}.decoder: expected one of {DECODERS}, got {model_cfg['decoder']!r}")
         heads = model_cfg["heads"]
@@ -211,6 +225,11 @@ class ModelSpec:
             vq_ema=model_cfg["vq_ema"],
             vq_ema_decay=_float(model_cfg["vq_ema_decay"], f"{p}.vq_ema_decay", 0.0, 1.0),
             vq_ema_epsilon=_float(model_cfg["vq_ema_epsilon"], f"{p}.vq_ema_epsilon", 0.0, math.inf),
+            codebook_init=model_cfg["codebook_init"],
+            codebook_kmeans_iterations=_int(model_cfg["codebook_kmeans_iterations"], f"{p}.codebook_kmeans_iterations"),
+            codebook_restart_threshold=_float(model_cfg["codebook_restart_threshold"],
+                                              f"{p}.codebook_restart_threshold", 0.0, 1.0),
+            codebook_restart_decay=_float(model_cfg["codebook_restart_decay"], f"{p}.codebook_restart_decay", 0.0, 1.0),
             decoder=model_cfg["decoder"],
             decoder_min_features=_int(model_cfg["decoder_min_features"], f"{p}.decoder_min_features"),
             decoder_global_features=_int_tuple(model_cfg["decoder_global_features"], f"{p}.decoder_global_features"),
@@ -307,16 +326,19 @@ class CytoselfOutput:
 
 
 class CytoselfModel(nn.Module):
-    """cytoself for images (B, *spec.image_shape). Variable collections: params, batch_stats, and codebook_ema
-    when spec.vq_ema. train=True needs a 'dropout' rng (stochastic depth, head dropout) and batch_stats
-    (and codebook_ema) mutable."""
+    """cytoself for images (B, *spec.image_shape). Variable collections: params, batch_stats, codebook_ema when
+    spec.vq_ema, and codebook_state when k-means initialisation or code restarts are on. train=True needs a
+    'dropout' rng (stochastic depth, head dropout, codebook maintenance) and the collections other than params
+    mutable."""
 
     spec: ModelSpec
 
     def setup(self) -> None:
         s = self.spec
         dtype = s.compute_dtype
-        vq = dict(commitment_cost=s.vq_commitment, use_ema=s.vq_ema, ema_decay=s.vq_ema_decay, ema_epsilon=s.vq_ema_epsilon)
+        vq = dict(commitment_cost=s.vq_commitment, use_ema=s.vq_ema, ema_decay=s.vq_ema_decay, ema_epsilon=s.vq_ema_epsilon,
+                  codebook_init=s.codebook_init, kmeans_iterations=s.codebook_kmeans_iterations,
+                  restart_threshold=s.codebook_restart_threshold, restart_decay=s.codebook_restart_decay)
 
         def encoder(e: EncoderSpec, width: int) -> Encoder:
             return Encoder(e.stem_features, e.stem_stride, e.stages, width, s.drop_path_rate, dtype=dtype)

@@ -60,16 +60,21 @@ class LoopState:
     epochs_since_best: int = 0  # early-stop counter
     plateau_epochs: int = 0  # epochs since the last improvement or learning-rate drop
     stop_reason: str = ""
+    plateau_best: float = math.inf  # the plateau schedule's own best (train.plateau_min_delta)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        for key in ("best_val_loss", "plateau_best"):
+            d[key] = None if math.isinf(d[key]) else d[key]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "LoopState":
         d = dict(d)
-        d["best_val_loss"] = math.inf if d.get("best_val_loss") is None else d["best_val_loss"]
+        # states saved before plateau_best existed had one best for both counters
+        d.setdefault("plateau_best", d.get("best_val_loss"))
+        for key in ("best_val_loss", "plateau_best"):
+            d[key] = math.inf if d.get(key) is None else d[key]
         return cls(**d)
 
 

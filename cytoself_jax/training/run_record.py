@@ -19,6 +19,7 @@ import ml_collections
 
 from cytoself_jax.data.store import fingerprint_changes
 from cytoself_jax.jsonio import read_json
+from cytoself_jax.models.cytoself import CODEBOOK_FIELD_DEFAULTS
 from cytoself_jax.training.checkpoint import write_json_atomic
 
 HISTORY_FILE = "config_history.json"
@@ -34,7 +35,8 @@ RESUME_FIXED = ("model", "data.path", "data.channels", "data.split_fractions", "
 RESUME_FREE = ("model.remat_decoders",)
 # Fixed fields added after runs were saved: a run without the field trained with this value, so it may resume with
 # the value (and only with it).
-RESUME_DEFAULTS = {"data.split_fold": 0, "data.heldout_proteins": 0.0, "data.heldout_seed": 0}
+RESUME_DEFAULTS = {"data.split_fold": 0, "data.heldout_proteins": 0.0, "data.heldout_seed": 0,
+                   **{f"model.{k}": v for k, v in CODEBOOK_FIELD_DEFAULTS.items()}}
 _MISSING = "(absent)"
 
 

@@ -1,6 +1,8 @@
-"""The paper's validation-driven schedule: lr x factor after `plateau_patience` epochs without improvement,
-stop after `early_stop_patience`. Unlike the PyTorch reference, the plateau counter restarts after each drop
-(so the lr falls at most once per `plateau_patience` epochs) and the best epoch is tracked for the best checkpoint.
+"""The paper's validation-driven schedule, as its Keras callbacks run it: lr x plateau_factor after
+`plateau_patience` epochs without an improvement by more than `plateau_min_delta` (ReduceLROnPlateau, with its own
+best; the counter restarts after each drop, so the lr falls at most once per `plateau_patience` epochs), stop
+after `early_stop_patience` epochs without any decrease (EarlyStopping, min_delta 0), the best checkpoint at the
+lowest value (ModelCheckpoint).
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ def after_validation(
     Epochs before train.select_from_epoch (1-based; absent in older runs: 1), or before the last epoch
     (train.max_epochs) in a shorter run, are a warm-up: never best, and they count towards neither patience; so
     every run that ends has a best epoch. Sets stop_reason on an early stop. The epoch budget is not part of the
-    state: a resumed run may be given a larger train.max_epochs."""
+    state: a resumed run may be given a larger train.max_epochs. train.plateau_min_delta absent (older runs): 0,
+    one best for both counters, as before the field existed."""
     epoch = loop.epoch + 1
     if epoch < min(train_cfg.get("select_from_epoch", 1), train_cfg.max_epochs):
         return dataclasses.replace(loop, epoch=epoch, stop_reason=""), False
     improved = val_loss < loop.best_val_loss
     if improved:
-        loop = dataclasses.replace(loop, best_val_loss=val_loss, best_epoch=epoch, epochs_since_best=0, plateau_epochs=0)
+        loop = dataclasses.replace(loop, best_val_loss=val_loss, best_epoch=epoch, epochs_since_best=0)
     else:
-        loop = dataclasses.replace(loop, epochs_since_best=loop.epochs_since_best + 1, plateau_epochs=loop.plateau_epochs + 1)
+        loop = dataclasses.replace(loop, epochs_since_best=loop.epochs_since_best + 1)
+    if val_loss < loop.plateau_best - train_cfg.get("plateau_min_delta", 0.0):
+        loop = dataclasses.replace(loop, plateau_best=val_loss, plateau_epochs=0)
+    else:
+        loop = dataclasses.replace(loop, plateau_epochs=loop.plateau_epochs + 1)
         if loop.plateau_epochs >= train_cfg.plateau_patience:
             loop = dataclasses.replace(loop, learning_rate=loop.learning_rate * train_cfg.plateau_factor, plateau_epochs=0)
     stop = ""

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from cytoself_jax.models.quantizer import code_histogram
+from cytoself_jax.models.quantizer import MAINTENANCE, apply_codebook_replacements, code_histogram
 from cytoself_jax.training.losses import config_loss_terms, total_loss
 from cytoself_jax.mesh import batch_sharding, replicated
 from cytoself_jax.train_state import TrainState, make_optimizer
@@ -46,7 +46,8 @@ def make_train_step(
     model, loss_cfg: ml_collections.ConfigDict, mesh: Mesh, data_variance: Optional[float] = None
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
     """(state, batch, key) -> (state, metrics). The state is donated; metrics are float32 scalars, among them
-    'finite' (1.0 when loss and gradients are finite), which the loop checks without stalling the device.
+    'finite' (1.0 when loss and gradients are finite), which the loop checks without stalling the device, and
+    with code restarts on 'codebook_restarts_<level>' (codes restarted by the step).
     data_variance: the training split's pixel variance (dataset.json), for config.loss.reconstruction_variance."""
     tx = make_optimizer(0.0)  # the learning rate itself comes from opt_state
     config_loss_terms(loss_cfg, data_variance)  # refuse bad loss settings here, not inside the trace
@@ -57,6 +58,8 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # codebook rows the quantizers replaced in this step (k-means init, restarts) override the update
+        params, model_state = apply_codebook_replacements(params, model_state)
         grad_norm = optax.tree.norm(grads)
         metrics = {
             "loss": loss,
@@ -66,6 +69,10 @@ def make_train_step(
             "grad_norm": grad_norm,
             "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32),
         }
+        for level in ("local", "global"):  # codes restarted by this step, when restarts are on
+            stats = model_state.get(MAINTENANCE, {}).get(f"vq_{level}", {})
+            if "restarts" in stats:
+                metrics[f"codebook_restarts_{level}"] = stats["restarts"].astype(jnp.float32)
         new_state = TrainState(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
         return new_state, metrics
 
