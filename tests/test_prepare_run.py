@@ -14,11 +14,15 @@ from cytoself_jax.prepare import run as prepare_run
 from cytoself_jax.prepare.__main__ import main
 from cytoself_jax.prepare.io import fields_from_pattern
 from cytoself_jax.prepare.run import PrepareError, PrepareSettings, prepare, work_file
+from cytoself_jax.prepare.scale import ScaleSettings
 from cytoself_jax.prepare.segment import SegmentParams
 
 CROP = 48
+# Sizes tuned to the synthetic nuclei (~22 px across) at the fields' own scale: rescaling is tested in
+# test_prepare_scale.py.
 SETTINGS = PrepareSettings(protein_channel=0, nucleus_channel=1, crop_size=CROP,
-                           segment=SegmentParams(sigma=2.0, laplace_sigma=2.0, closing_radius=4, min_nucleus_area=50))
+                           segment=SegmentParams(sigma=2.0, laplace_sigma=2.0, closing_radius=4, min_nucleus_area=50),
+                           scale=ScaleSettings(rescale=False))
 GOOD = ("P1/f0", "P1/f1", "P2/stack", "P2/npy", "P3/f0")
 
 
@@ -166,7 +170,8 @@ def test_results_match_the_pool_run_and_settings_are_guarded(prepared, tmp_path)
     serial = prepare(good, tmp_path, SETTINGS, workers=1, montage_crops=0, progress=False)
     np.testing.assert_array_equal(np.asarray(serial.store.images), np.asarray(result.store.images))
     with pytest.raises(PrepareError, match=r"settings.json: settings: .*crop_size differ"):
-        prepare(good, tmp_path, PrepareSettings(0, 1, crop_size=64, segment=SETTINGS.segment), progress=False)
+        prepare(good, tmp_path, PrepareSettings(0, 1, crop_size=64, segment=SETTINGS.segment, scale=SETTINGS.scale),
+                progress=False)
 
 
 def test_no_crop_at_all_fails_in_one_line_and_keeps_the_old_store(prepared, tmp_path):
@@ -174,7 +179,7 @@ def test_no_crop_at_all_fails_in_one_line_and_keeps_the_old_store(prepared, tmp_
     good = [s for s in specs if s.fov_id == "P1/f0"]
     bad = [s for s in specs if s.fov_id in ("P3/truncated", "P3/empty")]
     first = prepare(good, tmp_path, SETTINGS, montage_crops=0, progress=False)
-    with pytest.raises(PrepareError, match=r"no field yielded a crop \(2 fields: 1 errors, 1 without nuclei") as err:
+    with pytest.raises(PrepareError, match=r"no field yielded a crop \(2 fields: 1 errors, 1 no nucleus found\)") as err:
         prepare(bad, tmp_path, SETTINGS, montage_crops=0, progress=False)
     assert "\n" not in str(err.value)
     assert len(open_store(tmp_path / "store")) == len(first.store)  # what was written before is still there
@@ -189,7 +194,7 @@ def test_command_line(dataset, tmp_path, capsys):
     table.write_text("path,protein,fov\nP1/f0.tif,P1,a\nP3/truncated.tif,P3,b\n")
     args = [str(root), str(tmp_path / "out"), "--protein-channel", "0", "--nucleus-channel", "1", "--crop-size",
             str(CROP), "--sigma", "2", "--laplace-sigma", "2", "--closing-radius", "4", "--min-nucleus-area", "50",
-            "--workers", "1", "--montage-crops", "4"]
+            "--workers", "1", "--montage-crops", "4", "--no-rescale"]
     assert main(args + ["--table", str(table), "--families", str(families)]) == 0
     captured = capsys.readouterr()
     assert "crops of 1 proteins" in captured.out and "1 errors" in captured.out

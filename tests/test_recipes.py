@@ -158,7 +158,7 @@ def test_recipe_raw_fields_of_view(tmp_path, tiny_store_path):
     lang, code = recipe("fields")
     code = mapped(code, {"fields": fields, "data/my-fields": tmp_path / "my-fields", "runs/demo": run_dir})
     small = ["--crop-size", "48", "--sigma", "2", "--laplace-sigma", "2", "--closing-radius", "4",
-             "--min-nucleus-area", "50", "--workers", "1", "--montage-crops", "2"]  # these fields are 256x256
+             "--min-nucleus-area", "50", "--workers", "1", "--montage-crops", "2", "--no-rescale"]  # 256x256 fields
     assert run_shell(code, {"cytoself_jax.prepare": small}) == ["cytoself_jax.prepare", "cytoself_jax.embed"]
     store = open_store(tmp_path / "my-fields" / "store")
     adata = anndata.read_h5ad(run_dir / "embed" / "my-fields" / "embeddings.h5ad")

@@ -181,6 +181,22 @@ def _saved_steps(run_dir: Path) -> tuple[int | None, int | None]:
         checkpointer.close()
 
 
+def _assert_like_the_reference(run: Path, reference, atol: float = 1e-6) -> None:
+    """The run's latest checkpoint (parameters within atol, loop state), its checkpoints' steps and its metrics log
+    are those of the uninterrupted reference run (timings aside)."""
+    state, loop = _restore(run, reference.state)
+    assert int(state.step) == int(reference.state.step) == 2 * STEPS_PER_EPOCH
+    chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(reference.state.params), atol=atol)
+    assert dataclasses.replace(loop, stop_reason="") == dataclasses.replace(reference.loop, stop_reason="")
+    assert _saved_steps(run) == _saved_steps(reference.run_dir)
+    # the metrics log reads as if the run had never been interrupted: every step once, same numbers
+    got, want = _numbers(_records(run)), _numbers(_records(reference.run_dir))
+    assert [(r["kind"], r["epoch"], r["step"]) for r in got] == [(r["kind"], r["epoch"], r["step"]) for r in want]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose([v for v in a.values() if isinstance(v, float)],
+                                   [v for v in b.values() if isinstance(v, float)], rtol=1e-5)
+
+
 def _in_epoch_2(run_dir: Path) -> bool:
     path = run_dir / "metrics.jsonl"
     return bool(_step_dirs(run_dir, "latest")) and path.exists() and '"kind": "step", "epoch": 1,' in path.read_text()
@@ -203,17 +219,7 @@ def test_killed_training_resumes_to_the_uninterrupted_parameters(tmp_path, tiny_
     assert "reached config.train.max_epochs=2" in done.stdout
 
     assert not _tmp_dirs(run)  # the leftovers of the killed saves were cleaned up
-    state, loop = _restore(run, reference.state)
-    assert int(state.step) == int(reference.state.step) == 2 * STEPS_PER_EPOCH
-    chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(reference.state.params), atol=1e-6)
-    assert dataclasses.replace(loop, stop_reason="") == dataclasses.replace(reference.loop, stop_reason="")
-    assert _saved_steps(run) == _saved_steps(reference.run_dir)
-    # the metrics log reads as if the run had never been interrupted: every step once, same numbers
-    got, want = _numbers(_records(run)), _numbers(_records(reference.run_dir))
-    assert [(r["kind"], r["epoch"], r["step"]) for r in got] == [(r["kind"], r["epoch"], r["step"]) for r in want]
-    for a, b in zip(got, want):
-        np.testing.assert_allclose([v for v in a.values() if isinstance(v, float)],
-                                   [v for v in b.values() if isinstance(v, float)], rtol=1e-5)
+    _assert_like_the_reference(run, reference)
 
 
 def test_sigterm_completes_the_save_in_progress_and_exits_cleanly(tmp_path, tiny_store_path):
@@ -229,6 +235,69 @@ def test_sigterm_completes_the_save_in_progress_and_exits_cleanly(tmp_path, tiny
                                              f"(step {STEPS_PER_EPOCH}): continue with --resume")
     assert "Traceback" not in text
     assert _saved_steps(run)[0] == STEPS_PER_EPOCH and not _tmp_dirs(run)
+
+
+def test_sigterm_mid_epoch_saves_at_the_next_step_and_resumes_exactly(tmp_path, tiny_store_path, reference):
+    """SIGTERM in the middle of epoch 1 (a preemption): the run saves 'latest' at the end of the step running,
+    with its position in the epoch, not as a 'best' candidate; exits 143 in one line; --resume continues at the
+    epoch's next batch and ends with the uninterrupted run's parameters (bit for bit), checkpoints and log."""
+    run = tmp_path / "run"
+    log = tmp_path / "log.txt"
+    sent = []
+
+    def terminate(proc):
+        sent.append(time.monotonic())
+        proc.send_signal(signal.SIGTERM)
+
+    # step 1's record is written while step 2 runs: the save comes after step 2 or 3, before the epoch's last (4)
+    status = _act_when(_train_cmd(run, tiny_store_path), lambda: '"step": 1,' in _text(run / "metrics.jsonl"),
+                       terminate, log)
+    print(f"SIGTERM to exit: {time.monotonic() - sent[0]:.2f} s")
+    assert status == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    step, best = _saved_steps(run)
+    assert step in (2, 3) and best is None, (step, best)
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert _last_line(text) == (f"terminated (SIGTERM): the latest complete checkpoint is in epoch 1, after "
+                                f"{8 * step} of its crops (step {step}): continue with --resume")
+    assert [(r["kind"], r["step"]) for r in _records(run)] == [("step", s) for s in range(1, step + 1)]
+
+    train(_config(run, tiny_store_path), resume=True, progress=False)
+    _assert_like_the_reference(run, reference, atol=0.0)
+
+
+class _Stopped(Exception):
+    """The run stopped right after a checkpoint (a job killed without a warning)."""
+
+
+def test_a_checkpoint_taken_on_the_step_interval_resumes_mid_epoch_exactly(tmp_path, tiny_store_path, reference,
+                                                                           monkeypatch):
+    """train.checkpoint_every_steps=3: 'latest' is saved at steps 3 and 6 (mid-epoch: after 24 and 16 crops of
+    epochs 1 and 2) besides each epoch's end, and 'best' only at epoch ends; a run stopped after the step 6 save
+    resumes at the next batch to the uninterrupted run's parameters (bit for bit), checkpoints and log."""
+    run = tmp_path / "run"
+    config = _config(run, tiny_store_path)
+    config.train.checkpoint_every_steps = 3
+    saves = []
+    save = Checkpointer.save
+
+    def save_then_stop(self, which, state, loop):
+        save(self, which, state, loop)
+        saves.append((which, int(state.step), loop.epoch, loop.epoch_crops))
+        if int(state.step) == 6:
+            raise _Stopped()
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_stop)
+    with pytest.raises(_Stopped):
+        train(config, progress=False)
+    monkeypatch.undo()
+    assert [s for s in saves if s[0] == "latest"] == [("latest", 3, 0, 24), ("latest", 4, 1, 0), ("latest", 6, 1, 16)]
+    assert {s[3] for s in saves if s[0] == "best"} == {0}
+    assert _saved_steps(run)[0] == 6
+    assert [(r["kind"], r["step"]) for r in _records(run)][-2:] == [("step", 5), ("step", 6)]
+
+    train(config, resume=True, progress=False)
+    _assert_like_the_reference(run, reference, atol=0.0)
 
 
 def test_a_full_disk_stops_the_run_at_once_with_the_last_checkpoint_intact(tmp_path, tiny_store_path, reference):
@@ -868,6 +937,7 @@ def test_prepare_drops_blank_and_nan_crops_and_counts_them(tmp_path):
     from cytoself_jax.data.synthetic import draw_field
     from cytoself_jax.prepare.io import FieldSpec
     from cytoself_jax.prepare.run import PrepareSettings, prepare
+    from cytoself_jax.prepare.scale import ScaleSettings
     from cytoself_jax.prepare.segment import SegmentParams
 
     crop = 48
@@ -881,7 +951,7 @@ def test_prepare_drops_blank_and_nan_crops_and_counts_them(tmp_path):
     np.save(tmp_path / "f0.npy", np.stack([protein, fov.nucleus]).astype(np.float32))
     settings = PrepareSettings(protein_channel=0, nucleus_channel=1, crop_size=crop,
                                segment=SegmentParams(sigma=2.0, laplace_sigma=2.0, closing_radius=4,
-                                                     min_nucleus_area=50))
+                                                     min_nucleus_area=50), scale=ScaleSettings(rescale=False))
     result = prepare([FieldSpec(str(tmp_path / "f0.npy"), "P1", "f0")], tmp_path / "out", settings, workers=1,
                      montage_crops=0, progress=False)
     store = result.store
@@ -1199,7 +1269,7 @@ def _fields(root: Path, count: int) -> Path:
 def _prepare_args(fields: Path, out: Path) -> list[str]:
     return [str(fields), str(out), "--protein-channel", "0", "--nucleus-channel", "1", "--crop-size", "32",
             "--sigma", "2", "--laplace-sigma", "2", "--closing-radius", "4", "--min-nucleus-area", "50",
-            "--workers", "1", "--montage-crops", "2"]
+            "--workers", "1", "--montage-crops", "2", "--no-rescale"]
 
 
 def test_embed_on_a_full_disk_is_one_line_and_keeps_the_earlier_output(embed_run, tiny_store_path, tmp_path,

@@ -50,9 +50,9 @@ def _natural_key(text: str) -> tuple:
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t)
 
 
-def _walk_files(src: Path):
-    """(path, path relative to src) of every file under src, sorted, following symlinked folders (each real
-    folder once, so a link back up the tree cannot loop)."""
+def walk_folders(src: str | os.PathLike):
+    """``os.walk`` of src following symlinked folders, each real folder once (a link back up the tree cannot
+    loop), sub-folders in sorted order: yields (folder, dirs, names); callers may prune ``dirs`` in place."""
     seen = set()
     for root, dirs, names in os.walk(src, followlinks=True):
         real = os.path.realpath(root)
@@ -61,6 +61,12 @@ def _walk_files(src: Path):
             continue
         seen.add(real)
         dirs.sort()
+        yield root, dirs, names
+
+
+def _walk_files(src: Path):
+    """(path, path relative to src) of every file under src, sorted, following symlinked folders."""
+    for root, dirs, names in walk_folders(src):
         for name in sorted(names):
             path = Path(root) / name
             yield path, path.relative_to(src)
@@ -335,7 +341,7 @@ def import_crops(src: str | os.PathLike, out: str | os.PathLike, channels: Mappi
         dtype = "float32"  # signed distances are fractional and negative outside the nucleus
     metadata = {"derived": {"distance": {
         "from": "nucleus", "sigma_px": distance_sigma, "crops_left_out": len(no_mask),
-        "method": "Li threshold of a Gaussian low-pass of the nucleus channel, holes filled; signed Euclidean "
+        "method": "Otsu threshold of a Gaussian low-pass of the nucleus channel, holes filled; signed Euclidean "
                   "distance to the mask edge in px, positive inside (cytoself_jax.imaging.nucleus)"}}} \
         if derive_distance else None
 

@@ -139,6 +139,9 @@ def open_store(path: str | os.PathLike) -> CropStore:
                                    "with python -m cytoself_jax.prepare (microscope fields) or python -m "
                                    "cytoself_jax.import_crops (ready crops)")
     if not any((path / name).exists() for name in (META_FILE, IMAGES_FILE, TABLE_FILE)):
+        if (path / "store" / META_FILE).is_file():  # prepare's OUT folder: the store is one level down
+            raise _fail(path, "store", f"this is an output folder of python -m cytoself_jax.prepare, not a crop "
+                                       f"store; did you mean {path / 'store'}?")
         raise _fail(path, "store", f"expected a crop store directory ({META_FILE}, {IMAGES_FILE}, {TABLE_FILE}), "
                                    "found a folder without them (make one with python -m cytoself_jax.import_crops)")
     for name in (META_FILE, IMAGES_FILE, TABLE_FILE):

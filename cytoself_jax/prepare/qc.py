@@ -1,13 +1,18 @@
 """The QC report of a preparation run, in ``OUT/qc/``:
 
-- ``fields.csv``: one row per field: status (ok, no_nuclei, no_crops, error), nuclei found, crops written,
-  nuclei rejected per reason (edge, too_small, dim; non_finite: a NaN/inf pixel in the crop; blank: a constant
-  protein channel, which training refuses), whether it was resumed from an earlier run, the error;
+- ``fields.csv``: one row per field: status (ok, error, or why it gave no crop: field_too_small, no_nuclei,
+  all_at_edge, nuclei_too_large, all_rejected) and ``reason``, that why in one line; its scale (``scale``: store
+  px per field px, ``nucleus_diameter`` in field px, ``scale_source``: estimated, nucleus-diameter, pixel-size,
+  ome-metadata or off), nuclei found, crops written, nuclei rejected per reason (edge; too_large: wider than the
+  crop; too_small, dim; non_finite: a NaN/inf pixel in the crop; blank: a constant protein channel, which
+  training refuses), ``warning`` when the crops look wrong (mostly inside one nucleus, nuclei cut by the crop
+  border), whether it was resumed from an earlier run, the error;
 - ``proteins.csv``: per protein: family, fields, fields with crops, nuclei, crops;
-- ``rejected.csv``: every rejected nucleus: field, position (row, col px), area (px), reason;
+- ``rejected.csv``: every rejected nucleus: field, position (row, col px of the input field), area (px at the
+  store's scale), reason;
 - ``errors.csv``: every input that gave no result: files that match no pattern and fields that failed to read
   or segment, with the one-line reason;
-- ``summary.json``: the totals;
+- ``summary.json``: the totals (fields per status, fields rescaled, fields with warnings);
 - ``montage/<protein>.png``: random crops of each protein from the final store, protein channel above nucleus
   channel, the nucleus mask outline (distance > 0) in yellow and the crop centre in red.
 """
@@ -24,12 +29,12 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cytoself_jax.data.store import CropStore
-from cytoself_jax.prepare.crop import REJECT_BLANK, REJECT_EDGE, REJECT_NON_FINITE
+from cytoself_jax.prepare.crop import REJECT_BLANK, REJECT_EDGE, REJECT_LARGE, REJECT_NON_FINITE
 from cytoself_jax.prepare.io import InputError
 from cytoself_jax.prepare.segment import REJECT_DIM, REJECT_SMALL
 from cytoself_jax.staging import MARKER, OutputFolderError, commit, read_marker, staging_folder
 
-REASONS = (REJECT_EDGE, REJECT_SMALL, REJECT_DIM, REJECT_NON_FINITE, REJECT_BLANK)
+REASONS = (REJECT_EDGE, REJECT_LARGE, REJECT_SMALL, REJECT_DIM, REJECT_NON_FINITE, REJECT_BLANK)
 OUTLINE, CENTRE = (1.0, 0.85, 0.0), (1.0, 0.15, 0.15)
 
 
@@ -64,14 +69,16 @@ def write_tables(qc_dir: Path, summaries: Sequence, problems: Sequence[tuple[str
     for s in summaries:
         reasons = [r[3] for r in s.rejected]
         rows.append({"fov": s.fov_id, "protein": s.protein, "family": families.get(s.protein, ""), "source": s.source,
-                     "status": s.status, "nuclei": s.nuclei, "crops": s.crops,
+                     "status": s.status, "reason": s.reason, "scale": s.scale, "nucleus_diameter": s.diameter,
+                     "scale_source": s.scale_source, "nuclei": s.nuclei, "crops": s.crops,
                      **{f"rejected_{why}": reasons.count(why) for why in REASONS},
-                     "resumed": s.resumed, "error": s.error})
+                     "warning": s.warning, "resumed": s.resumed, "error": s.error})
         rejected += [{"fov": s.fov_id, "source": s.source, "row": round(r, 1), "col": round(c, 1), "area": a,
                       "reason": why} for r, c, a, why in s.rejected]
-    fields = pd.DataFrame(rows, columns=["fov", "protein", "family", "source", "status", "nuclei", "crops",
-                                         *(f"rejected_{why}" for why in REASONS), "resumed", "error"])
-    fields.to_csv(qc_dir / "fields.csv", index=False)
+    fields = pd.DataFrame(rows, columns=["fov", "protein", "family", "source", "status", "reason", "scale",
+                                         "nucleus_diameter", "scale_source", "nuclei", "crops",
+                                         *(f"rejected_{why}" for why in REASONS), "warning", "resumed", "error"])
+    fields.to_csv(qc_dir / "fields.csv", index=False, float_format="%.4g")
     pd.DataFrame(rejected, columns=["fov", "source", "row", "col", "area", "reason"]).to_csv(
         qc_dir / "rejected.csv", index=False)
     errors = [{"source": path, "fov": "", "error": message} for path, message in problems]
@@ -84,6 +91,8 @@ def write_tables(qc_dir: Path, summaries: Sequence, problems: Sequence[tuple[str
     summary = {"fields": len(fields), "by_status": fields["status"].value_counts().to_dict(),
                "unmatched_files": len(problems), "proteins": len(proteins), "crops": int(fields["crops"].sum()),
                "nuclei": int(fields["nuclei"].sum()),
+               "rescaled": int(((fields["scale"] != 1.0) & fields["scale"].notna()).sum()),
+               "with_warnings": int((fields["warning"] != "").sum()),
                "rejected": {why: int(fields[f"rejected_{why}"].sum()) for why in REASONS}}
     (qc_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

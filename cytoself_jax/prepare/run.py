@@ -2,9 +2,10 @@
 
 Output folder ``OUT``:
 - ``OUT/store/``: the crop store (docs/DESIGN.md), channels ``protein``, ``nucleus``, ``distance`` as float32 raw
-  values (intensities after z max-projection; signed distances in px, not normalized); table columns ``protein``,
-  ``fov`` (``protein/fov``), ``family``, ``source`` (the field's file) and ``row``, ``col`` (the field pixel at the
-  crop's centre), ``nucleus_area`` (px).
+  values (intensities after z max-projection and scaling; signed distances in store px, not normalized); table
+  columns ``protein``, ``fov`` (``protein/fov``), ``family``, ``source`` (the field's file), ``row``, ``col`` (the
+  pixel of the input field at the crop's centre), ``nucleus_area`` (px of the crop), ``scale`` (store px per field
+  px, prepare/scale.py) and ``nucleus_diameter`` (the field's nucleus diameter in its own px; empty when unknown).
 - ``OUT/work/``: one ``.npz`` per finished field, written atomically (temp file + ``os.replace``), and
   ``settings.json``. A rerun with the same settings skips finished fields; fields that failed are retried.
 - ``OUT/qc/``: the QC report (see ``qc.py``).
@@ -29,16 +30,19 @@ from tqdm.auto import tqdm
 
 from cytoself_jax.data.families import FamiliesError, read_families
 from cytoself_jax.data.store import CropStore, create_store
-from cytoself_jax.prepare.crop import crop_nuclei, drop_unusable
 from cytoself_jax.imaging.distance import signed_distance
+from cytoself_jax.imaging.scale import rescale_plane, to_input_pixels
+from cytoself_jax.prepare.crop import crop_nuclei, drop_unusable
 from cytoself_jax.prepare.io import FieldError, FieldSpec, InputError, read_field
-from cytoself_jax.prepare.segment import SegmentParams, segment_nuclei
+from cytoself_jax.prepare.outcome import (STATUS_ERROR, STATUS_OK, STATUS_TEXT, crop_warning, describe_counts,
+                                          field_outcome)
+from cytoself_jax.prepare.scale import ScaleSettings, scale_and_segment
+from cytoself_jax.prepare.segment import SegmentParams
 from cytoself_jax.staging import staged_writes
 
 CHANNELS = ("protein", "nucleus", "distance")
 STORE_DTYPE = "float32"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-STATUS_OK, STATUS_NO_NUCLEI, STATUS_NO_CROPS, STATUS_ERROR = "ok", "no_nuclei", "no_crops", "error"
 
 
 class PrepareError(InputError):
@@ -47,12 +51,16 @@ class PrepareError(InputError):
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """Everything that decides a field's crops; a work folder only serves reruns with equal settings."""
+    """Everything that decides a field's crops; a work folder only serves reruns with equal settings. Sizes (crop,
+    segmentation) are px at the reference scale of ``scale`` (nuclei 50 px across; prepare/scale.py), or px of the
+    fields themselves when ``scale.rescale`` is False. ``rgb``: fields are RGB(A) composites (3 or 4 channels)."""
     protein_channel: int
     nucleus_channel: int
     crop_size: int = 100
     axes: str | None = None
     segment: SegmentParams = SegmentParams()
+    scale: ScaleSettings = ScaleSettings()
+    rgb: bool = False
 
     def __post_init__(self) -> None:
         if self.crop_size < 8:
@@ -70,7 +78,10 @@ class PrepareSettings:
 
 @dataclass
 class FieldSummary:
-    """What one field gave, small enough to send back from a worker. ``rejected``: (row, col, area, reason)."""
+    """What one field gave, small enough to send back from a worker. ``rejected``: (row, col, area, reason) in
+    input-field px; ``reason``: why a field gave no crop (one line); ``warning``: why its crops look wrong;
+    ``scale``: store px per field px; ``diameter``: nucleus diameter in field px (NaN when unknown);
+    ``scale_source``: where the scale came from (prepare/scale.py)."""
     fov_id: str
     protein: str
     source: str
@@ -80,6 +91,11 @@ class FieldSummary:
     rejected: list = field(default_factory=list)
     error: str = ""
     resumed: bool = False
+    reason: str = ""
+    warning: str = ""
+    scale: float = float("nan")
+    diameter: float = float("nan")
+    scale_source: str = ""
 
 
 def work_file(work_dir: Path, fov_id: str) -> Path:
@@ -114,16 +130,17 @@ def _summary_from_file(path: Path, spec: FieldSpec, resumed: bool) -> FieldSumma
                 return None
             rejected = [(float(r), float(c), int(a), str(why)) for r, c, a, why in
                         zip(z["rejected_rows"], z["rejected_cols"], z["rejected_areas"], z["rejected_reasons"])]
-            crops, nuclei = int(z["rows"].shape[0]), int(z["nuclei"])
+            return FieldSummary(spec.fov_id, spec.protein, spec.path, str(z["status"]), int(z["nuclei"]),
+                                int(z["rows"].shape[0]), rejected, resumed=resumed, reason=str(z["reason"]),
+                                warning=str(z["warning"]), scale=float(z["scale"]), diameter=float(z["diameter"]),
+                                scale_source=str(z["scale_source"]))
     except (OSError, ValueError, KeyError, EOFError):
         return None
-    status = STATUS_OK if crops else (STATUS_NO_CROPS if nuclei else STATUS_NO_NUCLEI)
-    return FieldSummary(spec.fov_id, spec.protein, spec.path, status, nuclei, crops, rejected, resumed=resumed)
 
 
 def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.ndarray]:
-    """Read, project, segment and crop one field; returns the arrays of its work file."""
-    fov = read_field(spec.path, settings.protein_channel, settings.nucleus_channel, settings.axes)
+    """Read, project, scale, segment and crop one field; returns the arrays of its work file."""
+    fov = read_field(spec.path, settings.protein_channel, settings.nucleus_channel, settings.axes, settings.rgb)
     for name, plane in (("protein", fov.protein), ("nucleus", fov.nucleus)):
         # the store holds float32: larger finite values would silently become infinity there
         finite = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane[:0]
@@ -131,24 +148,34 @@ def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.nd
         if peak > _FLOAT32_MAX:
             raise FieldError(f"{name} channel: values up to {peak:.3g} exceed the float32 range of the store "
                              f"(max {_FLOAT32_MAX:.3g}); rescale the images")
-    segmentation = segment_nuclei(fov.nucleus, settings.segment)
+    scale, nucleus, segmentation = scale_and_segment(fov.nucleus, settings.scale, settings.segment, fov.pixel_size)
     labels = segmentation.labels
     rejected = list(segmentation.rejected)
     size = settings.crop_size
+    images = np.zeros((0, size, size, len(CHANNELS)), np.float32)
+    rows = cols = areas = np.zeros(0, np.int32)
+    warning = ""
     if labels.max() > 0:
         distance = signed_distance(labels > 0)
-        image = np.stack([fov.protein.astype(np.float32), fov.nucleus.astype(np.float32), distance], axis=-1)
+        protein = rescale_plane(fov.protein, scale.factor)
+        image = np.stack([protein, nucleus.astype(np.float32), distance], axis=-1)
         crops = drop_unusable(crop_nuclei(image, labels, size), CHANNELS.index("protein"))
         rejected += crops.rejected
         images, rows, cols, areas = crops.images, crops.rows, crops.cols, crops.areas
-    else:
-        images = np.zeros((0, size, size, len(CHANNELS)), np.float32)
-        rows = cols = areas = np.zeros(0, np.int32)
+        warning = crop_warning(crops.inside, crops.cut)
+    status, reason = field_outcome(fov.nucleus.shape, labels.shape, size, scale, int(labels.max()), len(images),
+                                   rejected)
+    # positions in the input field's px, where a user would look for them
+    back = partial(to_input_pixels, factor=scale.factor)
     return {
-        "images": images.astype(np.float32), "rows": rows, "cols": cols, "areas": areas,
-        "nuclei": np.int64(labels.max()), "source": np.str_(spec.path),
-        "rejected_rows": np.array([r[0] for r in rejected], np.float64),
-        "rejected_cols": np.array([r[1] for r in rejected], np.float64),
+        "images": images.astype(np.float32), "rows": np.rint(back(rows)).astype(np.int32),
+        "cols": np.rint(back(cols)).astype(np.int32), "areas": areas,
+        "nuclei": np.int64(labels.max()), "source": np.str_(spec.path), "status": np.str_(status),
+        "reason": np.str_(reason), "warning": np.str_(warning), "scale": np.float64(scale.factor),
+        "diameter": np.float64(np.nan if scale.diameter is None else scale.diameter),
+        "scale_source": np.str_(scale.source),
+        "rejected_rows": back(np.array([r[0] for r in rejected], np.float64)),
+        "rejected_cols": back(np.array([r[1] for r in rejected], np.float64)),
         "rejected_areas": np.array([r[2] for r in rejected], np.int64),
         "rejected_reasons": np.array([r[3] for r in rejected], dtype=np.str_).reshape(-1),
     }
@@ -164,11 +191,18 @@ def process_field(spec: FieldSpec, settings: PrepareSettings, work_dir: Path) ->
             return done
     try:
         arrays = compute_field(spec, settings)
-    except Exception as err:  # noqa: BLE001 - a truncated TIFF alone can raise a dozen kinds; all are per-field
+    except (FieldError, InputError) as err:  # ours: one line naming what was expected
         message = " ".join(str(err).split()) or type(err).__name__
         if spec.path not in message:
             message = f"{spec.path}: {type(err).__name__}: {message}"
         return FieldSummary(spec.fov_id, spec.protein, spec.path, STATUS_ERROR, error=message)
+    except MemoryError:
+        return FieldSummary(spec.fov_id, spec.protein, spec.path, STATUS_ERROR,
+                            error=f"{spec.path}: memory: the field does not fit in memory; use fewer --workers")
+    except Exception as err:  # noqa: BLE001 - one bad field must not stop a screen; a library's words help nobody
+        return FieldSummary(spec.fov_id, spec.protein, spec.path, STATUS_ERROR,
+                            error=f"{spec.path}: prepare: unexpected {type(err).__name__} on this field (a bug: "
+                                  f"please report it with the file)")
     _save_atomic(path, **arrays)
     summary = _summary_from_file(path, spec, resumed=False)
     assert summary is not None, path  # just written
@@ -236,7 +270,8 @@ def assemble_store(store_path: Path, specs: Sequence[FieldSpec], summaries: dict
                 writer.images[start:start + len(images)] = images
                 tables.append(pd.DataFrame({
                     "protein": spec.protein, "fov": spec.fov_id, "family": families.get(spec.protein, ""),
-                    "source": spec.path, "row": z["rows"], "col": z["cols"], "nucleus_area": z["areas"]}))
+                    "source": spec.path, "row": z["rows"], "col": z["cols"], "nucleus_area": z["areas"],
+                    "scale": float(z["scale"]), "nucleus_diameter": float(z["diameter"])}))
                 start += len(images)
         return writer.finalize(pd.concat(tables, ignore_index=True))
 
@@ -263,18 +298,22 @@ class PrepareResult:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Fields per status (outcome.STATUS_TEXT), 'resumed' and 'warned' (fields whose crops look wrong)."""
         counts: dict[str, int] = {}
         for s in self.summaries:
             counts[s.status] = counts.get(s.status, 0) + 1
         counts["resumed"] = sum(s.resumed for s in self.summaries)
+        counts["warned"] = sum(bool(s.warning) for s in self.summaries)
         return counts
 
 
 def prepare(specs: Sequence[FieldSpec], out: str | os.PathLike, settings: PrepareSettings, *,
             families: dict[str, str] | None = None, problems: Sequence[tuple[str, str]] = (), workers: int = 1,
-            montage_crops: int = 16, seed: int = 0, keep_work: bool = True, progress: bool = True) -> PrepareResult:
+            montage_crops: int = 16, seed: int = 0, keep_work: bool = True, progress: bool = True,
+            quiet: bool = False) -> PrepareResult:
     """Prepare ``specs`` into ``out`` (store/, work/, qc/). ``problems`` are (path, message) of inputs already
     rejected while listing fields; they go into the QC report. Raises PrepareError when no field yields a crop.
+    ``quiet``: no per-field warnings on stderr (the QC report keeps them all).
 
     With ``workers > 1`` fields run in 'spawn' worker processes, so a script calling this needs the usual
     ``if __name__ == "__main__":`` guard."""
@@ -284,15 +323,16 @@ def prepare(specs: Sequence[FieldSpec], out: str | os.PathLike, settings: Prepar
     families = families or {}
     work_dir, qc_dir = out / "work", out / "qc"
     _check_settings(work_dir, settings)
+    say = (lambda _: None) if quiet else warn
     for path, message in problems:
-        warn(f"{path}: {message}")
+        say(f"{path}: {message}")
     summaries: dict[str, FieldSummary] = {}
     for summary in run_fields(specs, settings, work_dir, workers, progress):
         summaries[summary.fov_id] = summary
         if summary.status == STATUS_ERROR:
-            warn(summary.error)
-        elif summary.status != STATUS_OK and not summary.resumed:
-            warn(f"{summary.source}: {summary.fov_id}: no crops ({summary.status.replace('_', ' ')})")
+            say(summary.error)
+        elif not summary.resumed and (summary.reason or summary.warning):
+            say(f"{summary.source}: {summary.fov_id}: {summary.reason or summary.warning}")
     ordered = tuple(summaries[s.fov_id] for s in specs)
     total = sum(s.crops for s in ordered)
     # The QC report is written into a staging folder renamed into place last, so OUT/qc is always a whole report
@@ -301,11 +341,9 @@ def prepare(specs: Sequence[FieldSpec], out: str | os.PathLike, settings: Prepar
         qc.write_tables(tmp_qc, ordered, problems, families)
         if total == 0:
             qc.commit_report(tmp_qc, qc_dir)
-            counts = {k: sum(s.status == k for s in ordered) for k in (STATUS_ERROR, STATUS_NO_NUCLEI,
-                                                                        STATUS_NO_CROPS)}
-            raise PrepareError(f"{out}: no field yielded a crop ({len(ordered)} fields: {counts[STATUS_ERROR]} "
-                               f"errors, {counts[STATUS_NO_NUCLEI]} without nuclei, {counts[STATUS_NO_CROPS]} with "
-                               f"every nucleus rejected); see {qc_dir / 'fields.csv'}")
+            counts = {k: sum(s.status == k for s in ordered) for k in STATUS_TEXT}
+            raise PrepareError(f"{out}: no field yielded a crop ({len(ordered)} fields: {describe_counts(counts)}); "
+                               f"see {qc_dir / 'fields.csv'}")
         store = assemble_store(out / "store", specs, summaries, work_dir, settings.crop_size, families, progress)
         qc.write_montages(tmp_qc / "montage", store, montage_crops, seed, progress)
         qc.commit_report(tmp_qc, qc_dir)

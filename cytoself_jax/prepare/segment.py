@@ -31,7 +31,9 @@ REJECT_SMALL, REJECT_DIM = "too_small", "dim"
 
 @dataclass(frozen=True)
 class SegmentParams:
-    """Segmentation parameters, lengths and areas in pixels.
+    """Segmentation parameters, lengths and areas in px of the field as segmented: prepare first rescales each field
+    so that its nuclei are 50 px across (prepare/scale.py), so each size is a fixed fraction of the nucleus
+    diameter D (sigma 5 px = D/10, min_nucleus_area 400 px = 0.2 of a nucleus's area) whatever the microscope.
 
     Defaults follow OpenCell's published code for its 1024x1024 HEK293T fields (nuclei ~50 px across).
     ``sigma``: Gaussian low-pass before Li's threshold; ``laplace_sigma``: Gaussian before the Laplace transform;
