@@ -3,7 +3,9 @@
 Bad input ends the program with one line on stderr, 'error: <file or flag>: <field>: <what was expected>', and
 exit status 2 (command line) or 1 (data, config values, training failures). Ctrl-C (status 130) and SIGTERM, how
 clusters preempt jobs (status 143), stop the run cleanly: a checkpoint save in progress completes, and the last line
-says which checkpoint --resume continues from (the epoch in progress is trained again).
+says which checkpoint --resume continues from. SIGTERM first saves the run at the next step boundary (mid-epoch:
+--resume continues the epoch at its next batch); Ctrl-C stops at once, --resume continuing from the latest
+checkpoint (the epoch's end, or a mid-epoch one of config.train.checkpoint_every_steps/_minutes).
 """
 
 from __future__ import annotations

@@ -115,6 +115,12 @@ def paper_config() -> ml_collections.ConfigDict:
     c.train.plateau_min_delta = 1e-4
     c.train.early_stop_patience = 12
     c.train.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
+    # Mid-epoch checkpoints, for runs that may be preempted: besides the one at each epoch's end, 'latest' is also
+    # saved every checkpoint_every_steps steps and every checkpoint_every_minutes minutes (whichever comes first;
+    # 0 = off). They hold the epoch's position, so --resume continues the epoch at the next batch; they never
+    # become 'best' (only validated epochs do). SIGTERM saves one at the next step boundary whatever these say.
+    c.train.checkpoint_every_steps = 0
+    c.train.checkpoint_every_minutes = 0.0
     c.train.eval_batch_size = 256
     c.train.log_every_steps = 10
     c.train.min_codebook_perplexity = 0.0  # warn when a codebook's validation perplexity falls below this

@@ -4,7 +4,7 @@ Training (the resume check) and analysis (eval, embed, notebooks) both load runs
 definition and the checkpoint format, never the training loop:
 
     from cytoself_jax.run import load_run
-    run = load_run("runs/demo")          # the best validation checkpoint ('latest': the last epoch)
+    run = load_run("runs/demo")          # the best validation checkpoint ('latest': the last epoch or mid-epoch)
     run.channels, run.image_shape, run.proteins, run.step
 """
 from __future__ import annotations

@@ -147,6 +147,25 @@ def test_shards_together_form_the_global_batches(store):
             np.testing.assert_array_equal(by_row[int(r)], img)  # same augmentation whatever the host count
 
 
+def test_an_epoch_started_after_some_crops_continues_the_whole_epochs_batches(store):
+    """start = crops already read (a run resumed mid-epoch): the remaining batches equal the whole epoch's, pixels
+    and augmentation included, with worker processes, with two shards, and after a batch size change."""
+    whole = _batches(store, seed=3, epoch=1)
+    assert len(whole) == 4
+    chex.assert_trees_all_equal(_batches(store, seed=3, epoch=1, start=16), whole[2:])
+    with_worker = _batches(store, seed=3, epoch=1, start=8, num_workers=1, prefetch=2)
+    chex.assert_trees_all_equal([{k: np.asarray(v) for k, v in b.items()} for b in with_worker], whole[1:])
+    del with_worker
+    shards = [_batches(store, batch_size=4, seed=3, epoch=1, start=24, shard_index=h, shard_count=2) for h in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate([shards[0][0]["index"], shards[1][0]["index"]]), whole[3]["index"])
+    # a resume with another batch size reads on from the same crop: the epoch's crops 8.. in order, 4 at a time
+    smaller = _batches(store, batch_size=4, seed=3, epoch=1, start=8)
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in smaller])[:24],
+                                  np.concatenate([b["image"] for b in whole[1:]]))
+    with pytest.raises(ValueError, match=r"make_dataset: start: expected an integer >= 0"):
+        make_dataset(store, np.arange(N), channels=["protein"], batch_size=4, train=True, start=-1)
+
+
 def test_channel_and_argument_errors(store):
     with pytest.raises(StoreError, match=r"store.json: channels: config asks for 'fiducial' but the store has "
                                          r"\['protein', 'nucleus', 'distance'\]"):

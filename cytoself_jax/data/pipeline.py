@@ -4,7 +4,9 @@ Batches are host numpy dicts ``{"image": float32 (B, H, W, C), "label": int32 (B
 ``index`` is the crop's row in the store. Placing them on devices is the training loop's job.
 
 Everything random is a function of (seed, epoch) and the element's position, so an epoch's batches are identical
-whether the run was resumed or not, and with or without worker processes.
+whether the run was resumed or not, and with or without worker processes. The position within an epoch is
+therefore one number, the count of the epoch's crops already read (``start``, which training keeps in its
+checkpoints); resuming there reads no skipped crop and replays no iterator.
 """
 from __future__ import annotations
 
@@ -157,7 +159,7 @@ def _shard_of_global_batches(ds: grain.MapDataset, shard: int, batch: int, globa
 def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[str], batch_size: int, train: bool,
                  seed: int = 0, epoch: int = 0, num_workers: int = 0, prefetch: int = 2,
                  drop_remainder: bool | None = None, shard_index: int = 0, shard_count: int = 1,
-                 fit: Callable[[np.ndarray], np.ndarray] | None = None) -> Batches:
+                 fit: Callable[[np.ndarray], np.ndarray] | None = None, start: int = 0) -> Batches:
     """One epoch of batches over the store rows ``indices``.
 
     ``batch_size`` is this shard's batch: host ``shard_index`` of ``shard_count`` yields batches of ``batch_size``
@@ -169,6 +171,8 @@ def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[st
     ~2 s per call, so use 0 for small datasets); ``prefetch`` is the number of batches buffered (per worker).
     Multi-host eval: shards may get last batches of different sizes (or none); pad before placing on devices.
     ``fit`` maps each raw crop to the model's size first (see StoreSource).
+    ``start``: the epoch continues after its first ``start`` crops (of the global order, all shards together), as
+    a run resumed mid-epoch does; batches are then drawn from the crops that follow, each as in the whole epoch.
     """
     rows = np.asarray(indices, dtype=np.int64).reshape(-1)
     if rows.size == 0:
@@ -179,6 +183,9 @@ def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[st
     if not channels or channels[0] != "protein":
         raise ValueError(f"config: data.channels: expected 'protein' first (the model treats channel 0 as the "
                          f"protein), found {list(channels)}")
+    if not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"make_dataset: start: expected an integer >= 0 (crops of the epoch already read), found "
+                         f"{start!r}")
     if batch_size <= 0 or not 0 <= shard_index < shard_count:
         raise ValueError(f"make_dataset: batch_size, shard_index: expected batch_size > 0 and 0 <= shard_index < "
                          f"shard_count={shard_count}, found batch_size={batch_size}, shard_index={shard_index}")
@@ -197,6 +204,8 @@ def make_dataset(store: CropStore, indices: np.ndarray, *, channels: Sequence[st
         ds = ds.random_map(DihedralAugment(), seed=derive_seed(seed, epoch, _AUGMENT_STREAM))
     if drop:
         ds = ds[: steps_per_epoch(len(rows), global_batch) * global_batch]  # equal share for every host
+    if start:
+        ds = ds[start:]  # after shuffle and augmentation: each remaining crop is read as in the whole epoch
     if shard_count > 1:
         ds = _shard_of_global_batches(ds, shard_index, batch_size, global_batch)
     num_examples = len(ds)

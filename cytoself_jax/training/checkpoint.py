@@ -1,4 +1,5 @@
-"""Run directories and orbax checkpoints: the latest (for --resume) and the best-validation one (for eval).
+"""Run directories and orbax checkpoints: the latest (for --resume: each epoch's end, and mid-epoch ones on
+config.train.checkpoint_every_steps/_minutes or SIGTERM) and the best-validation one (for eval: epoch ends only).
 
 A run directory holds config.json (the experiment), dataset.json (protein names in class order, channels, image
 shape, split sizes), metrics.jsonl, curves.png, train.lock and checkpoints/{latest,best}/<step>/. Orbax writes each
@@ -61,6 +62,9 @@ class LoopState:
     plateau_epochs: int = 0  # epochs since the last improvement or learning-rate drop
     stop_reason: str = ""
     plateau_best: float = math.inf  # the plateau schedule's own best (train.plateau_min_delta)
+    # Crops of epoch `epoch` (the one in progress) already trained on: 0 at an epoch's end, > 0 in a checkpoint
+    # saved mid-epoch (train.checkpoint_every_steps/_minutes, SIGTERM), where a resume continues the epoch's batches
+    epoch_crops: int = 0
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -86,7 +90,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class Checkpointer:
-    """Two orbax managers under run_dir/checkpoints: 'latest' (every epoch) and 'best' (on val improvement).
+    """Two orbax managers under run_dir/checkpoints: 'latest' (every epoch, and mid-epoch) and 'best' (on val
+    improvement).
 
     Opening one creates nothing on disk (the folders appear with the first save), so a run that fails its input
     checks leaves no trace. With clean_tmp, orbax's temporary folders of saves cut short by a crash are removed
@@ -193,11 +198,6 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - callers only describe the checkpoint or look for a finished run
             return None
 
-    def saved_epoch(self, which: str) -> int | None:
-        """Completed epochs of the 'latest' or 'best' checkpoint (its loop state only), None when unreadable."""
-        loop = self.saved_loop(which)
-        return None if loop is None else loop.epoch
-
     def wait(self) -> None:
         for mgr in self._managers.values():
             mgr.wait_until_finished()
@@ -210,15 +210,21 @@ class Checkpointer:
 
 def describe_latest(run_dir: Path) -> str:
     """Where a stopped run stands, for its last message: 'the latest complete checkpoint is epoch 3 (step 120):
-    continue with --resume', or that there is none yet."""
+    continue with --resume', 'the latest complete checkpoint is in epoch 4, after 512 of its crops (step 128):
+    continue with --resume' when saved mid-epoch, or that there is none yet."""
     checkpointer = Checkpointer(run_dir)
     try:
         step = checkpointer.step("latest")
         if step is None:
             return "no checkpoint was saved yet: run the same command again to start over"
-        epoch = checkpointer.saved_epoch("latest")
-        return (f"the latest complete checkpoint is {'' if epoch is None else f'epoch {epoch} '}(step {step}): "
-                "continue with --resume")
+        loop = checkpointer.saved_loop("latest")
+        if loop is None:
+            where = ""
+        elif loop.epoch_crops:
+            where = f"in epoch {loop.epoch + 1}, after {loop.epoch_crops} of its crops "
+        else:
+            where = f"epoch {loop.epoch} "
+        return f"the latest complete checkpoint is {where}(step {step}): continue with --resume"
     finally:
         checkpointer.close()
 

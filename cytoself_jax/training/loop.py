@@ -1,4 +1,5 @@
-"""The training loop: epochs over the store, validation, the plateau schedule, checkpoints, exact resume."""
+"""The training loop: epochs over the store, validation, the plateau schedule, checkpoints, exact resume (from an
+epoch's end or from mid-epoch: train.checkpoint_every_steps/_minutes, and SIGTERM at the next step boundary)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from cytoself_jax.models.quantizer import perplexity_from_counts
 from cytoself_jax.training.losses import MONITORS, monitored_value
 from cytoself_jax.training.run_record import check_resumable, check_run_dir, check_same_store, record_run
 from cytoself_jax.training.schedule import after_validation
+from cytoself_jax.training.signals import DeferredSigterm
 from cytoself_jax.train_state import TrainState, with_learning_rate
 from cytoself_jax.models import build_model
 from cytoself_jax.training.programs import eval_step_program, init_program, program_inputs, train_step_program
@@ -145,6 +147,13 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(t.max_steps_per_epoch, int) or t.max_steps_per_epoch < 0:
         raise ValueError(f"config.train.max_steps_per_epoch: expected an integer >= 0 (0 = whole split), found "
                          f"{t.max_steps_per_epoch!r}")
+    if isinstance(t.checkpoint_every_steps, bool) or not isinstance(t.checkpoint_every_steps, int) \
+            or t.checkpoint_every_steps < 0:
+        raise ValueError(f"config.train.checkpoint_every_steps: expected an integer >= 0 (0 = off), found "
+                         f"{t.checkpoint_every_steps!r}")
+    if not (math.isfinite(t.checkpoint_every_minutes) and t.checkpoint_every_minutes >= 0):
+        raise ValueError(f"config.train.checkpoint_every_minutes: expected a number >= 0 (0 = off), found "
+                         f"{t.checkpoint_every_minutes!r}")
     if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
         raise ValueError(f"config.train.learning_rate: expected a positive number, found {t.learning_rate!r}")
     if jax.process_count() > 1 and t.eval_batch_size % jax.device_count():
@@ -225,9 +234,10 @@ def train(config: ml_collections.ConfigDict, *, resume: bool = False, progress: 
     data_kw = dict(channels=channels, num_workers=config.data.num_workers, prefetch=config.data.prefetch,
                    shard_index=jax.process_index(), shard_count=jax.process_count())
 
-    def epoch_batches(epoch: int):
+    def epoch_batches(epoch: int, start: int = 0):
+        """The training batches of `epoch` after its first `start` crops (a resume mid-epoch)."""
         return make_dataset(store, splits["train"], batch_size=per_process, train=True, seed=config.seed,
-                            epoch=epoch, drop_remainder=True, **data_kw)
+                            epoch=epoch, drop_remainder=True, start=start, **data_kw)
 
     # Several processes: equal shares of whole global batches (a partial last batch cannot be split across hosts)
     val_batches = make_dataset(store, splits["val"], batch_size=config.train.eval_batch_size // jax.process_count(),
@@ -284,8 +294,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
         state, loop, warning = checkpointer.restore_intact(target)
         if warning:
             log.warning(warning)
-        log.info("resumed %s after epoch %d (step %d)", run_dir, loop.epoch, int(state.step))
-        if loop.best_epoch == loop.epoch:
+        log.info("resumed %s after epoch %d%s (step %d)", run_dir, loop.epoch,
+                 f" and {loop.epoch_crops} crops of epoch {loop.epoch + 1}" if loop.epoch_crops else "",
+                 int(state.step))
+        if loop.best_epoch == loop.epoch and not loop.epoch_crops:
             checkpointer.save("best", state, loop)  # no-op unless the run died between its last two saves
     else:
         if resume:
@@ -295,7 +307,7 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
     if primary:
         record_run(run_dir, config, dataset_info, loop.epoch)
     metrics_log = MetricsLog(run_dir / "metrics.jsonl" if primary else None)
-    metrics_log.truncate_after_epoch(loop.epoch)
+    metrics_log.truncate_after(loop.epoch, int(state.step))
 
     train_step = mesh_lib.compiled_together(cached_program(train_step_program, *programs, donate_argnums=(0,)),
                                             "train step")
@@ -303,52 +315,98 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
     num_codes = {"local": spec.vq_local.num_codes, "global": spec.vq_global.num_codes}
     val = {}
     last_plot, plotted_epoch = time.monotonic(), None
-    while not loop.stop_reason and loop.epoch < config.train.max_epochs:
-        epoch = loop.epoch
-        # The first process drew the curves and wrote the run's files meanwhile: start the epoch together.
-        mesh_lib.wait_for_all_processes(f"epoch {epoch}")
-        state = with_learning_rate(state, loop.learning_rate)
-        bar = EpochProgress(epoch, config.train.max_epochs, steps * config.train.batch_size,
-                            disable=not (progress and primary))
-        pending = None  # metrics of the previous step, read while the current one runs
-        for _, batch in zip(range(steps), epoch_batches(epoch)):
-            state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), step_key)
-            if pending is not None:
-                _log_step(metrics_log, bar, pending, epoch, config)
-            pending = (int(state.step), metrics)
-        _log_step(metrics_log, bar, pending, epoch, config, force=True)
-        images_per_s = bar.close()
+    batch_size = config.train.batch_size
+    # SIGTERM (a preemption) only sets sigterm.received: the loop saves 'latest' at the next step boundary (after
+    # an epoch's last step, with the epoch's own checkpoint after validation), then acts on it (train.py: exit 143)
+    with DeferredSigterm() as sigterm:
+        last_save = time.monotonic()
+        while not loop.stop_reason and loop.epoch < config.train.max_epochs:
+            epoch = loop.epoch
+            # The first process drew the curves and wrote the run's files meanwhile: start the epoch together.
+            mesh_lib.wait_for_all_processes(f"epoch {epoch}")
+            state = with_learning_rate(state, loop.learning_rate)
+            # A checkpoint saved mid-epoch goes on with the next batch of the epoch's order (data/pipeline.py)
+            start = loop.epoch_crops
+            remaining = max(steps * batch_size - start, 0) // batch_size
+            bar = EpochProgress(epoch, config.train.max_epochs, remaining * batch_size,
+                                disable=not (progress and primary))
+            pending = None  # metrics of the previous step, read while the current one runs
+            try:
+                for i, batch in zip(range(remaining), epoch_batches(epoch, start)):
+                    state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh), step_key)
+                    if pending is not None:
+                        _log_step(metrics_log, bar, pending, epoch, config)
+                    pending = (int(state.step), metrics)
+                    if i + 1 == remaining:
+                        continue  # the epoch's own checkpoint comes after its validation
+                    sigterm.received, due = _any_process(sigterm.received,
+                                                         _interval_due(config.train, pending[0], last_save))
+                    if sigterm.received or due:
+                        _log_step(metrics_log, bar, pending, epoch, config)  # the log and the checkpoint agree
+                        pending = None
+                        loop = dataclasses.replace(loop, epoch_crops=start + (i + 1) * batch_size)
+                        checkpointer.save("latest", state, loop)
+                        last_save = time.monotonic()
+                        sigterm.act()
+                if pending is not None:
+                    _log_step(metrics_log, bar, pending, epoch, config, force=True)
+            finally:  # also when the epoch is cut short: the bar's line comes before the run's last line
+                images_per_s = bar.close()
+            loop = dataclasses.replace(loop, epoch_crops=0)  # the epoch's steps are done
 
-        val = evaluate(eval_step, state, val_batches, mesh)
-        if not math.isfinite(val["loss"]):
-            raise NonFiniteLossError(
-                f"non-finite validation loss after epoch {epoch + 1} (step {int(state.step)}): {_terms(val)}; the "
-                "run stopped and the latest checkpoint is the last good one"
-            )
-        monitored = monitored_value(val, config.loss, config.train.monitor)
-        loop, improved = after_validation(loop, monitored, config.train)
-        record = {"kind": "epoch", "epoch": epoch, "step": int(state.step), "images_per_s": images_per_s,
-                  "learning_rate": float(jnp.asarray(state.opt_state.hyperparams["learning_rate"])),
-                  **{f"val_{k}": v for k, v in val.items()}, "val_monitored": monitored,
-                  "best_epoch": loop.best_epoch}
-        # The record goes first: a run killed before its checkpoint is complete redoes this epoch on resume,
-        # and the resume drops the records of epochs it redoes.
-        metrics_log.write(record)
-        checkpointer.save("latest", state, loop)
-        if improved:
-            checkpointer.save("best", state, loop)
-        for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
-            log.warning("epoch %d: %s", epoch + 1, message)
-        if primary and time.monotonic() - last_plot > _PLOT_EVERY_S:
-            _draw_curves(metrics_log.path, run_dir / "curves.png")
-            last_plot, plotted_epoch = time.monotonic(), epoch
-        if progress and primary:
-            print(_epoch_summary(record, num_codes), flush=True)
+            val = evaluate(eval_step, state, val_batches, mesh)
+            if not math.isfinite(val["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite validation loss after epoch {epoch + 1} (step {int(state.step)}): {_terms(val)}; the "
+                    "run stopped and the latest checkpoint is the last good one"
+                )
+            monitored = monitored_value(val, config.loss, config.train.monitor)
+            loop, improved = after_validation(loop, monitored, config.train)
+            record = {"kind": "epoch", "epoch": epoch, "step": int(state.step), "images_per_s": images_per_s,
+                      "learning_rate": float(jnp.asarray(state.opt_state.hyperparams["learning_rate"])),
+                      **{f"val_{k}": v for k, v in val.items()}, "val_monitored": monitored,
+                      "best_epoch": loop.best_epoch}
+            # The record goes first: a run killed before its checkpoint is complete redoes this epoch (from its
+            # latest mid-epoch checkpoint, if any) on resume, and the resume drops the records of what it redoes.
+            metrics_log.write(record)
+            checkpointer.save("latest", state, loop)
+            if improved:
+                checkpointer.save("best", state, loop)
+            last_save = time.monotonic()
+            # a SIGTERM during the epoch's last step or its validation: stop now, the epoch saved
+            (sigterm.received,) = _any_process(sigterm.received)
+            sigterm.act()
+            for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
+                log.warning("epoch %d: %s", epoch + 1, message)
+            if primary and time.monotonic() - last_plot > _PLOT_EVERY_S:
+                _draw_curves(metrics_log.path, run_dir / "curves.png")
+                last_plot, plotted_epoch = time.monotonic(), epoch
+            if progress and primary:
+                print(_epoch_summary(record, num_codes), flush=True)
     if val and primary and plotted_epoch != loop.epoch - 1:  # the final curves, unless just drawn
         _draw_curves(metrics_log.path, run_dir / "curves.png")
     if not loop.stop_reason:
         loop.stop_reason = f"reached config.train.max_epochs={config.train.max_epochs}"
     return TrainResult(run_dir=run_dir, loop=loop, val=val, state=state)
+
+
+def _interval_due(train_cfg: ml_collections.ConfigDict, step: int, last_save: float) -> bool:
+    """Whether a mid-epoch 'latest' is due after `step`: every train.checkpoint_every_steps steps, or
+    train.checkpoint_every_minutes after the last save (0 = off)."""
+    every_steps, every_minutes = train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_minutes
+    return bool(every_steps and step % every_steps == 0) or bool(
+        every_minutes and time.monotonic() - last_save >= 60.0 * every_minutes)
+
+
+def _any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, true when it is true in any process of a multi-process run: saves are collective, and SIGTERM
+    and the clocks reach the processes apart, so all decide together. One process: the flags as given."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    return tuple(bool(x) for x in np.any(gathered, axis=0))
 
 
 def _draw_curves(metrics_path: Path, out: Path) -> None:

@@ -15,17 +15,19 @@ from cytoself_jax.jsonio import read_json_lines
 
 class MetricsLog:
     """Append-only JSON lines at path. Each record has 'kind' ('step' or 'epoch'), 'epoch' and 'step'. A partial
-    last line (a run stopped mid-append) is ignored when reading and removed by truncate_after_epoch.
+    last line (a run stopped mid-append) is ignored when reading and removed by truncate_after.
     path None: records are dropped (the processes other than the first of a multi-host run)."""
 
     def __init__(self, path: Path | None):
         self.path = None if path is None else Path(path)
 
-    def truncate_after_epoch(self, epoch: int) -> None:
-        """Drop records from epochs after `epoch` completed ones (work redone after a resume is logged again)."""
+    def truncate_after(self, epoch: int, step: int) -> None:
+        """Keep only the records of a checkpoint `step` taken with `epoch` epochs completed (at an epoch's end or
+        in epoch `epoch`): the work a resume redoes is logged again, once."""
         if self.path is None or not self.path.exists():
             return
-        keep = [r for r in read_json_lines(self.path) if r["epoch"] < epoch]
+        keep = [r for r in read_json_lines(self.path)
+                if r["epoch"] < epoch or (r["epoch"] == epoch and r["kind"] == "step" and r["step"] <= step)]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.path)  # never half a log, even when the disk fills up here
