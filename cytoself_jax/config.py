@@ -118,7 +118,8 @@ def paper_config() -> ml_collections.ConfigDict:
     # Mid-epoch checkpoints, for runs that may be preempted: besides the one at each epoch's end, 'latest' is also
     # saved every checkpoint_every_steps steps and every checkpoint_every_minutes minutes (whichever comes first;
     # 0 = off). They hold the epoch's position, so --resume continues the epoch at the next batch; they never
-    # become 'best' (only validated epochs do). SIGTERM saves one at the next step boundary whatever these say.
+    # become 'best' (only validated epochs do). SIGTERM saves one at the next step boundary
+    # (several processes: the next multiple of log_every_steps) whatever these say.
     c.train.checkpoint_every_steps = 0
     c.train.checkpoint_every_minutes = 0.0
     c.train.eval_batch_size = 256

@@ -319,6 +319,9 @@ def test_restarts_replace_unused_codes_by_batch_outputs_deterministically():
     assert 0 < unused.sum() < K
     np.testing.assert_array_equal(np.asarray(state["replaced"]), unused)
     assert int(state["restarts"]) == unused.sum()
+    _, newer = _train_step(vq, {"params": variables["params"], **new}, z * 0.5, key=2)  # cumulative: no step missed
+    restarted_again = np.asarray(newer["codebook_state"]["replaced"]).sum()
+    assert int(newer["codebook_state"]["restarts"]) == unused.sum() + restarted_again
     replacement = np.asarray(state["replacement"])
     np.testing.assert_array_equal(replacement[~unused], codebook[~unused])
     assert all((flat == r).all(1).any() for r in replacement[unused]), "restarted codes are encoder outputs"

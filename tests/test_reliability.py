@@ -13,7 +13,7 @@ Faults tried (besides BAD_INPUTS and the command-line cases below), with the mes
 | full disk during epoch 2 (file size limit on the process) | error: RUN/checkpoints/latest: saving step 8 failed (File too large [errno 27]); the run stopped and the latest complete checkpoint is epoch 1 (step 4): continue with --resume once the cause is fixed (e.g. disk space freed) | epoch-1 checkpoints; resume = uninterrupted run |
 | full disk while logging metrics (/dev/full) | MetricsLog: [Errno 28] No space left on device: 'RUN/metrics.jsonl'; train.py: error: RUN/metrics.jsonl: No space left on device; the run stopped and the latest complete checkpoint is ... | checkpoints |
 | store regenerated / pixels / proteins changed, then --resume | RUN/dataset.json: store_fingerprint: the store changed since this run started (pixels (crops.npy) differ); resume with the store it was trained on, or use another --config.workdir for a new run | run untouched |
-| --resume with another model, seed, learning rate | RUN/config.json: a run resumes only with the model, data and seed it started with; changed: model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides to resume, or ... | run untouched |
+| --resume with another model, seed, learning rate | RUN/config.json: a run resumes only with the model, data and seed it started with; changed: model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides or pass the run's own values (--config.seed=0 ...) to resume, or ... | run untouched |
 | --resume with other batch size, loss weights, epochs | (accepted) | config_history.json: epochs 1-2 and 3- with their settings; config.json = latest |
 | latest checkpoint corrupted | warning: RUN/checkpoints/latest/8: unreadable checkpoint (ValueError: ...); resuming from the best checkpoint (epoch 2, step 8) instead; the unreadable one was moved to RUN/checkpoints/unreadable/latest-8 | damaged files set aside |
 | latest and best corrupted | RUN/checkpoints/latest/8: unreadable checkpoint (...); RUN/checkpoints/best/8: unreadable checkpoint (...); no intact checkpoint to resume from: move RUN/checkpoints aside to start the run over, or use another --config.workdir | everything |
@@ -771,8 +771,9 @@ def test_refused_resume_names_the_differing_fields(tmp_path, reference, tiny_sto
     assert str(info.value) == (
         f"{run / 'config.json'}: a run resumes only with the model, data and seed it started with; changed: "
         "model.encoder_local.stages [[1, 3, 1, 8, 1], [2, 3, 2, 8, 1]] -> [[1, 3, 1, 8, 1]], "
-        "model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides to resume, or use "
-        "another --config.workdir for a new run")
+        "model.vq_local.num_codes 32 -> 64, seed 0 -> 1 (and 1 more); drop these overrides or pass the run's own "
+        "values (--config.model.vq_local.num_codes=32 --config.seed=0 --config.train.learning_rate=0.0004) to "
+        "resume, or use another --config.workdir for a new run")
     assert (run / "config.json").read_text() == (reference.run_dir / "config.json").read_text()
 
 

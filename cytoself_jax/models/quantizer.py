@@ -163,7 +163,8 @@ class VectorQuantizer(nn.Module):
     kmeans_iterations Lloyd iterations over that batch's encoder outputs, started from random distinct ones
     (flag 'kmeans_done'), and quantizes that batch with it; restart_threshold > 0 keeps an EMA ('usage', decay
     restart_decay, starting at 1) of each code's assignments per batch and after each training step gives the
-    codes whose usage fell below the threshold random encoder outputs of the batch ('restarts': how many). With
+    codes whose usage fell below the threshold random encoder outputs of the batch ('restarts': how many since training started; a count per step would
+    reach the logs only on logged steps). With
     use_ema the EMA codebook and its statistics are set directly (a replaced code counts as one vector equal to
     itself, as at init); otherwise the parameter cannot change inside the model, so the replaced rows are kept
     ('replaced', 'replacement') for the train step to write over the optimizer's update
@@ -268,7 +269,7 @@ class VectorQuantizer(nn.Module):
             if self.restart_threshold > 0:
                 new, self.usage.value, restarted = restart_dead_codes(
                     new, self.usage.value, counts, target, key_restart, self.restart_threshold, self.restart_decay)
-                self.restarts.value = jnp.sum(restarted).astype(jnp.int32)
+                self.restarts.value = self.restarts.value + jnp.sum(restarted).astype(jnp.int32)
             if self.use_ema:  # the k-means rows' statistics were reset before the EMA update, restarted ones now
                 self.ema_codebook.value = new
                 self.ema_cluster_size.value, self.ema_embed_sum.value = self._reset_ema_rows(restarted, new)

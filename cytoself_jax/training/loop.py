@@ -154,6 +154,9 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     if not (math.isfinite(t.checkpoint_every_minutes) and t.checkpoint_every_minutes >= 0):
         raise ValueError(f"config.train.checkpoint_every_minutes: expected a number >= 0 (0 = off), found "
                          f"{t.checkpoint_every_minutes!r}")
+    if not (math.isfinite(t.plateau_min_delta) and t.plateau_min_delta >= 0):
+        raise ValueError(f"config.train.plateau_min_delta: expected a number >= 0 (Keras' default 1e-4), found "
+                         f"{t.plateau_min_delta!r}")
     if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
         raise ValueError(f"config.train.learning_rate: expected a positive number, found {t.learning_rate!r}")
     if jax.process_count() > 1 and t.eval_batch_size % jax.device_count():
@@ -339,9 +342,10 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
                     pending = (int(state.step), metrics)
                     if i + 1 == remaining:
                         continue  # the epoch's own checkpoint comes after its validation
-                    sigterm.received, due = _any_process(sigterm.received,
-                                                         _interval_due(config.train, pending[0], last_save))
-                    if sigterm.received or due:
+                    terminated, due = _save_due(sigterm.received, config.train, pending[0], last_save)
+                    if terminated:  # set, never cleared here: the handler may have run since it was read
+                        sigterm.received = True
+                    if terminated or due:
                         _log_step(metrics_log, bar, pending, epoch, config)  # the log and the checkpoint agree
                         pending = None
                         loop = dataclasses.replace(loop, epoch_crops=start + (i + 1) * batch_size)
@@ -374,7 +378,8 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
                 checkpointer.save("best", state, loop)
             last_save = time.monotonic()
             # a SIGTERM during the epoch's last step or its validation: stop now, the epoch saved
-            (sigterm.received,) = _any_process(sigterm.received)
+            if _any_process(sigterm.received)[0]:
+                sigterm.received = True
             sigterm.act()
             for message in codebook_warnings(val, config.train.min_codebook_perplexity, num_codes):
                 log.warning("epoch %d: %s", epoch + 1, message)
@@ -390,12 +395,23 @@ def _train_loop(config, resume, progress, run_dir, checkpointer, spec, mesh, dat
     return TrainResult(run_dir=run_dir, loop=loop, val=val, state=state)
 
 
-def _interval_due(train_cfg: ml_collections.ConfigDict, step: int, last_save: float) -> bool:
-    """Whether a mid-epoch 'latest' is due after `step`: every train.checkpoint_every_steps steps, or
-    train.checkpoint_every_minutes after the last save (0 = off)."""
+def _save_due(received: bool, train_cfg: ml_collections.ConfigDict, step: int,
+              last_save: float) -> tuple[bool, bool]:
+    """(SIGTERM received in any process, a mid-epoch 'latest' due) after `step`: a save is due every
+    train.checkpoint_every_steps steps, or train.checkpoint_every_minutes after the last save (0 = off).
+
+    Saves are collective, and SIGTERM and the clocks reach the processes of a multi-process run apart, so there
+    they decide together, but only every train.log_every_steps steps: a collective at every step would cost each
+    step a round trip between hosts. A step interval needs no agreement (every process is at the same step)."""
     every_steps, every_minutes = train_cfg.checkpoint_every_steps, train_cfg.checkpoint_every_minutes
-    return bool(every_steps and step % every_steps == 0) or bool(
-        every_minutes and time.monotonic() - last_save >= 60.0 * every_minutes)
+    by_steps = bool(every_steps and step % every_steps == 0)
+    by_clock = bool(every_minutes and time.monotonic() - last_save >= 60.0 * every_minutes)
+    if jax.process_count() == 1:
+        return received, by_steps or by_clock
+    if step % train_cfg.log_every_steps:
+        return False, by_steps
+    terminated, by_clock = _any_process(received, by_clock)
+    return terminated, by_steps or by_clock
 
 
 def _any_process(*flags: bool) -> tuple[bool, ...]:

@@ -82,8 +82,12 @@ def check_resumable(saved: ml_collections.ConfigDict, config: ml_collections.Con
             if k.startswith(tuple(f + "." for f in RESUME_FIXED) + RESUME_FIXED) and k not in RESUME_FREE
             and not _default_when_absent(k, v)}
     if diff:
+        # A changed default (not an override) differs too: name the flags that give the run its own values back
+        flags = " ".join(f"--config.{k}={a}" for k, (a, _) in diff.items()
+                         if isinstance(a, (str, int, float, bool)) and a != _MISSING)
+        restore = f"drop these overrides or pass the run's own values ({flags})" if flags else "drop these overrides"
         raise ValueError(f"{Path(run_dir) / 'config.json'}: a run resumes only with the model, data and seed it "
-                         f"started with; changed: {describe_diff(diff)}; drop these overrides to resume, or {_NEW_RUN}")
+                         f"started with; changed: {describe_diff(diff)}; {restore} to resume, or {_NEW_RUN}")
 
 
 def _default_when_absent(key: str, values: list) -> bool:

@@ -23,8 +23,8 @@ def after_validation(
     Epochs before train.select_from_epoch (1-based; absent in older runs: 1), or before the last epoch
     (train.max_epochs) in a shorter run, are a warm-up: never best, and they count towards neither patience; so
     every run that ends has a best epoch. Sets stop_reason on an early stop. The epoch budget is not part of the
-    state: a resumed run may be given a larger train.max_epochs. train.plateau_min_delta absent (older runs): 0,
-    one best for both counters, as before the field existed."""
+    state: a resumed run may be given a larger train.max_epochs. train.plateau_min_delta absent from train_cfg: 0,
+    one best for both counters."""
     epoch = loop.epoch + 1
     if epoch < min(train_cfg.get("select_from_epoch", 1), train_cfg.max_epochs):
         return dataclasses.replace(loop, epoch=epoch, stop_reason=""), False

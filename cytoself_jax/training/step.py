@@ -47,7 +47,7 @@ def make_train_step(
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]:
     """(state, batch, key) -> (state, metrics). The state is donated; metrics are float32 scalars, among them
     'finite' (1.0 when loss and gradients are finite), which the loop checks without stalling the device, and
-    with code restarts on 'codebook_restarts_<level>' (codes restarted by the step).
+    with code restarts on 'codebook_restarts_<level>' (codes restarted since training started).
     data_variance: the training split's pixel variance (dataset.json), for config.loss.reconstruction_variance."""
     tx = make_optimizer(0.0)  # the learning rate itself comes from opt_state
     config_loss_terms(loss_cfg, data_variance)  # refuse bad loss settings here, not inside the trace
@@ -69,7 +69,7 @@ def make_train_step(
             "grad_norm": grad_norm,
             "finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32),
         }
-        for level in ("local", "global"):  # codes restarted by this step, when restarts are on
+        for level in ("local", "global"):  # codes restarted so far, when restarts are on
             stats = model_state.get(MAINTENANCE, {}).get(f"vq_{level}", {})
             if "restarts" in stats:
                 metrics[f"codebook_restarts_{level}"] = stats["restarts"].astype(jnp.float32)
