@@ -162,7 +162,7 @@ def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.nd
         crops = drop_unusable(crop_nuclei(image, labels, size), CHANNELS.index("protein"))
         rejected += crops.rejected
         images, rows, cols, areas = crops.images, crops.rows, crops.cols, crops.areas
-        warning = crop_warning(crops.inside, crops.cut)
+        warning = crop_warning(crops.inside, crops.cut, scale)
     status, reason = field_outcome(fov.nucleus.shape, labels.shape, size, scale, int(labels.max()), len(images),
                                    rejected)
     # positions in the input field's px, where a user would look for them

@@ -14,7 +14,8 @@ The field's nucleus diameter, in this order:
 3. estimated per field as cellpose estimates cell size: the median equivalent diameter of its nuclei. A rough
    pass (Li's threshold of a light low-pass, regions brighter than the background by ``min_snr`` noise sd)
    gives a first diameter; the field is resampled to it and segmented with the paper's steps, whose nuclei's
-   median diameter corrects it (up to ``MAX_PASSES`` times, until it moves less than 10%).
+   median diameter (those off the field's edge when any, specks left out) corrects it (up to ``MAX_PASSES``
+   times, until it moves less than 10%).
 A factor within ``NO_RESCALE_BAND`` of 1 (diameters of 41.7-60 px) is taken as exactly 1: such fields (OpenCell's)
 are segmented and cropped as they are, with the output of the unscaled pipeline.
 """
@@ -110,13 +111,29 @@ def rough_diameter(image: np.ndarray, min_snr: float) -> float | None:
     return float(np.median(equivalent_diameters(areas[chosen]))) if chosen.any() else None
 
 
-def measured_diameter(segmentation: Segmentation) -> float | None:
-    """Median equivalent diameter (px) of a segmentation's nuclei, with regions rejected only as too small (at a
-    wrong first scale real nuclei can be); None when there are none."""
-    areas = np.bincount(segmentation.labels.ravel())[1:]
-    small = [area for *_, area, why in segmentation.rejected if why == REJECT_SMALL]
-    sizes = np.concatenate([areas[areas > 0], np.asarray(small, dtype=np.float64)])
-    return float(np.median(equivalent_diameters(sizes))) if sizes.size else None
+def measured_diameter(segmentation: Segmentation, factor: float) -> float | None:
+    """Median equivalent diameter (px of the segmented image) of a segmentation's nuclei, with regions rejected
+    only as too small (at a wrong first scale real nuclei can be), of an image resampled by ``factor``; None when
+    there are none. As in the rough pass, specks (under ``ROUGH_MIN_AREA`` px of the input field) are left out, and
+    so are regions at the image's edge when any region lies off it (cut nuclei look small): without this, the
+    median of a small field with one nucleus cut by its edge and a few specks shrinks at every pass, and the
+    estimate runs away to nuclei a few px across."""
+    labels = segmentation.labels
+    height, width = labels.shape
+    areas = np.bincount(labels.ravel())[1:].astype(np.float64)
+    edge = np.zeros(len(areas) + 1, dtype=bool)
+    edge[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
+    sizes, at_edge = [areas[areas > 0]], [edge[1:][areas > 0]]
+    for row, col, area, why in segmentation.rejected:
+        if why == REJECT_SMALL and area >= ROUGH_MIN_AREA * factor ** 2:
+            reach = float(equivalent_diameters(area)) / 2.0 + 1.0  # a disk of its area about its centre
+            sizes.append(np.array([area], dtype=np.float64))
+            at_edge.append(np.array([min(row, col, height - 1 - row, width - 1 - col) < reach]))
+    sizes_all, edge_all = np.concatenate(sizes), np.concatenate(at_edge)
+    if not sizes_all.size:
+        return None
+    chosen = sizes_all[~edge_all] if (~edge_all).any() else sizes_all
+    return float(np.median(equivalent_diameters(chosen)))
 
 
 def estimate_and_segment(image: np.ndarray, params: SegmentParams) -> tuple[FieldScale, np.ndarray, Segmentation]:
@@ -131,7 +148,7 @@ def estimate_and_segment(image: np.ndarray, params: SegmentParams) -> tuple[Fiel
         check_size(image.shape, factor, diameter)
         scaled = image if factor == 1.0 else rescale_plane(image, factor)
         segmentation = segment_nuclei(scaled, params)
-        measured = measured_diameter(segmentation)
+        measured = measured_diameter(segmentation, factor)
         if measured is None:
             break
         diameter = measured / factor
