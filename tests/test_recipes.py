@@ -103,7 +103,7 @@ def _hpa_cells(root: Path, rng) -> None:
 
 def test_recipe_hpa_like_folder_per_field_with_derived_distance(tmp_path, tiny_store_path):
     _hpa_cells(tmp_path / "hpa_cells", np.random.default_rng(0))
-    run_dir = make_run(tmp_path / "runs" / "demo", tiny_store_path, ("protein", "nucleus", "distance"))  # 32x32
+    run_dir = make_run(tmp_path / "runs" / "demo", tiny_store_path, ("protein", "distance"))  # as the demo run; 32x32
     lang, code = recipe("hpa")
     paths = {"hpa_cells": tmp_path / "hpa_cells", "data/hpa": tmp_path / "hpa", "runs/demo": run_dir}
     assert run_shell(mapped(code, paths)) == ["cytoself_jax.import_crops", "cytoself_jax.embed"]
@@ -154,7 +154,7 @@ def test_recipe_raw_fields_of_view(tmp_path, tiny_store_path):
                            else "nucleus")
         (fields / protein).mkdir(parents=True, exist_ok=True)
         tifffile.imwrite(fields / protein / f"{fov}.tif", np.stack([field.protein, field.nucleus]).astype(np.uint16))
-    run_dir = make_run(tmp_path / "runs" / "demo", tiny_store_path, ("protein", "nucleus", "distance"))  # 32x32
+    run_dir = make_run(tmp_path / "runs" / "demo", tiny_store_path, ("protein", "distance"))  # as the demo run; 32x32
     lang, code = recipe("fields")
     code = mapped(code, {"fields": fields, "data/my-fields": tmp_path / "my-fields", "runs/demo": run_dir})
     small = ["--crop-size", "48", "--sigma", "2", "--laplace-sigma", "2", "--closing-radius", "4",
