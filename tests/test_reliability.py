@@ -592,6 +592,9 @@ BAD_INPUTS = {
     "infinite checkpoint minutes": (_config_case(**{"train.checkpoint_every_minutes": float("inf")}), ValueError,
                                     r"config.train.checkpoint_every_minutes: expected a number >= 0 \(0 = off\), "
                                     r"found inf"),
+    "negative plateau min_delta": (_config_case(**{"train.plateau_min_delta": -0.1}), ValueError,
+                                   r"config.train.plateau_min_delta: expected a number >= 0 \(Keras' default 1e-4\), "
+                                   r"found -0.1"),
 }
 
 
