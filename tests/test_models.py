@@ -465,3 +465,12 @@ def _module_path(path, last: str) -> tuple[str, ...]:
     """The module names of a leaf's path, up to `last` ('kernel' of params, '__call__' of intermediates)."""
     names = [getattr(k, "key", None) for k in path]
     return tuple(names[:names.index(last)])
+
+
+def test_codebook_defaults_for_older_runs_are_the_configs_defaults():
+    """A run saved before the codebook options existed loads with CODEBOOK_FIELD_DEFAULTS; they must be what
+    paper_config sets, or such runs would resume as another model."""
+    from cytoself_jax.models.cytoself import CODEBOOK_FIELD_DEFAULTS
+
+    model = paper_config().model
+    assert {k: model[k] for k in CODEBOOK_FIELD_DEFAULTS} == CODEBOOK_FIELD_DEFAULTS
