@@ -126,12 +126,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="training k holds out its own proteins (data.heldout_seed = k)")
     parser.add_argument("--train-only", action="store_true", help="train (or resume) every run; evaluate nothing")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every score's interval")
+    parser.add_argument("--evaluators", nargs="+", default=(), metavar="NAME",
+                        help="evaluators to run (default: all; eval.py --help lists them); embeddings_h5ad is "
+                        "added, as the UMAP panels are read from it")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     root = Path(args.root)
+    evaluators = tuple(args.evaluators) + (("embeddings_h5ad",) if args.evaluators else ())
     options = EvalOptions(split="test", which=args.checkpoint, umap_seeds=args.umap_seeds, bootstrap=args.bootstrap,
-                          progress=not args.quiet)
+                          evaluators=evaluators, progress=not args.quiet)
 
     rows, panels, notes, trainings = [], [], [], {}
     for variant in args.variants:

@@ -57,7 +57,8 @@ def test_a_tiny_study_writes_its_table_and_is_not_redone(tmp_path, tiny_store_pa
     config_file.write_text("from conftest import tiny_config\n\n\ndef base_config():\n"
                            f"    return tiny_config('unused', {str(tiny_store_path)!r})\n")
     argv = ["--config", str(config_file), "--variants", "full", "no_identification", "--seeds", "1",
-            "--umap-seeds", "1", "--bootstrap", "100", "--root", str(tmp_path / "study"), "--quiet"]
+            "--umap-seeds", "1", "--bootstrap", "100", "--root", str(tmp_path / "study"), "--quiet",
+            "--evaluators", "identity", "clustering"]
     table = ablation.main(argv)
     out = tmp_path / "study" / "tiny_study"
     assert list(table["variant"]) == ["full", "no_identification"]

@@ -381,6 +381,7 @@ def test_a_new_score_is_one_evaluator_function_and_one_registry_line(tiny_run, t
                                                    progress=False))
     m = result.metrics
     assert m["evaluators"] == ["codebooks", "toy"]  # registry order, only those asked for
+    assert list(m["seconds"]) == ["embed", "codebooks", "toy"] and min(m["seconds"].values()) >= 0
     assert list(m["scores"]) == ["codebooks.local_perplexity", "codebooks.global_perplexity", "toy.mean_norm"]
     assert "| mean embedding norm |" in (result.out_dir / "metrics.md").read_text()
     assert "mean embedding norm" in result_text(result) and m["toy"]["value"] > 0

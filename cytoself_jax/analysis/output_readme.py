@@ -13,7 +13,8 @@ from cytoself_jax.analysis.probe import PROBE_COLUMNS
 
 EMBEDDING = "the global embedding (quantized global representation, flattened)"
 FILES = {
-    "metrics.md": "every score with its 95% interval and chance level, and notes (metrics.json: the same, as JSON)",
+    "metrics.md": "every score with its 95% interval and chance level, and notes (metrics.json: the same, as JSON, "
+                  "with each stage's wall time in `seconds`)",
     "embeddings.h5ad": f"AnnData, one row per crop: obsm['X_cytoself'] = X = {EMBEDDING}; obsm['X_umap'] the atlas "
                        "map; uns: provenance, family_colors, descriptions of every column. In scanpy: "
                        "sc.pp.neighbors(adata, use_rep='X_cytoself', metric='cosine')",

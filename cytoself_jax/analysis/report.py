@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
     with staged_writes(tmp, out):
         examples = example_rows(proteins, families, EXAMPLES, o.seed)
         config_batch = o.batch_size or config.train.eval_batch_size
+        started = time.perf_counter()
         outputs = extract(run.model, run.variables, store, rows, full=True, reconstruct=examples,
                           desc=f"{o.split} crops", channels=run.channels, batch_size=config_batch,
                           num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress,
@@ -198,7 +200,9 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         ctx = EvalContext(options=o, out=tmp, run=run, store=store, store_path=store_path, fit=fit, rows=rows,
                           table=table, outputs=outputs, examples=examples, class_ids=classes, splits=splits,
                           heldout=heldout)
+        embed_seconds = time.perf_counter() - started
         metrics = _run_evaluators(ctx)
+        metrics["seconds"] = {"embed": round(embed_seconds, 2), **metrics["seconds"]}
         metrics["run"] = {"run_dir": str(run_dir), "checkpoint": run.checkpoint if o.random_init else o.which,
                           "step": int(run.step), "random_init": o.random_init, "store": str(store_path),
                           "split": o.split, "crops": int(len(rows)), "proteins": int(len(set(proteins))),
@@ -236,11 +240,13 @@ def skipped_note(skipped: PixelReport) -> str:
 
 def _run_evaluators(ctx: EvalContext) -> dict:
     """Run the chosen evaluators in registry order; metrics.json's content: scores (key -> record, in order),
-    each evaluator's details, notes and which evaluators ran."""
+    each evaluator's details, notes, which evaluators ran and each one's wall time (seconds)."""
     chosen = [name for name in REGISTRY if not ctx.options.evaluators or name in ctx.options.evaluators]
-    metrics: dict[str, Any] = {"scores": {}, "notes": [], "evaluators": chosen}
+    metrics: dict[str, Any] = {"scores": {}, "notes": [], "evaluators": chosen, "seconds": {}}
     for name in chosen:
+        started = time.perf_counter()
         result = REGISTRY[name](ctx)
+        metrics["seconds"][name] = round(time.perf_counter() - started, 2)  # where an eval's time goes
         for score in result.scores:
             metrics["scores"][score.key] = score.to_json()
         metrics.update(result.details)
