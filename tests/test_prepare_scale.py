@@ -22,7 +22,7 @@ from cytoself_jax.analysis.evaluators import similar_proteins
 from cytoself_jax.analysis.summary import summary_table
 from cytoself_jax.data.store import StoreError, open_store
 from cytoself_jax.data.synthetic import draw_field
-from cytoself_jax.imaging.scale import equivalent_diameters
+from cytoself_jax.imaging.scale import equivalent_diameters, rescale_plane, to_input_pixels
 from cytoself_jax.prepare.__main__ import main
 from cytoself_jax.prepare.outcome import STATUS_TEXT
 from cytoself_jax.prepare.scale import REFERENCE_DIAMETER
@@ -446,3 +446,17 @@ def test_nearest_protein_same_family_is_n_a_with_a_reason_without_partners(tmp_p
     assert any("no annotated protein has another protein of its family" in n for n in notes)
     score, _, table = evaluate(["mito", "mito", "er", "er"])
     assert score.value is not None and 0.0 <= score.value <= 1.0 and "n/a" not in table
+
+
+@pytest.mark.parametrize("factor", [0.37, 1.0, 2.6])
+def test_positions_map_back_to_the_input_field_as_the_resampling_moved_them(factor):
+    """A blob's centroid in the resampled field, mapped back with the resampled/input sizes (the rounded size the
+    resampling used, not the nominal factor), lands on the blob's centroid in the input field."""
+    rows, cols = np.mgrid[:123, :97]
+    centre = (71.3, 20.6)
+    image = np.exp(-((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / (2 * 6.0 ** 2))
+    scaled = rescale_plane(image, factor)
+    found = ndimage.center_of_mass(scaled)
+    back = (to_input_pixels(found[0], scaled.shape[0], image.shape[0]),
+            to_input_pixels(found[1], scaled.shape[1], image.shape[1]))
+    np.testing.assert_allclose(back, centre, atol=0.15)

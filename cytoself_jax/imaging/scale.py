@@ -9,6 +9,14 @@ def equivalent_diameters(areas: np.ndarray) -> np.ndarray:
     return 2.0 * np.sqrt(np.asarray(areas, dtype=np.float64) / np.pi)
 
 
+def labels_touching_edge(labels: np.ndarray) -> np.ndarray:
+    """Bool (max label + 1,): whether each label of an (H, W) label image touches the image's border (index 0,
+    the background, included as it is found)."""
+    edge = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    edge[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
+    return edge
+
+
 def rescale_plane(image: np.ndarray, factor: float) -> np.ndarray:
     """(H, W) image resampled by ``factor`` (output px per input px) to (round(H f), round(W f)) float32: bilinear,
     anti-aliased when shrinking (a Gaussian before sampling, so that noise does not alias into texture). At
@@ -26,7 +34,9 @@ def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     return tuple(int(round(s * factor)) for s in shape)  # type: ignore[return-value]
 
 
-def to_input_pixels(position: np.ndarray, factor: float) -> np.ndarray:
-    """Pixel positions (any shape, px of the resampled image) -> px of the input image. Pixel centres map onto
-    pixel centres: position p of the output is the point (p + 0.5) / factor - 0.5 of the input."""
-    return (np.asarray(position, dtype=np.float64) + 0.5) / factor - 0.5
+def to_input_pixels(position: np.ndarray, scaled_size: int, input_size: int) -> np.ndarray:
+    """Pixel positions along one axis (any shape, px of the resampled image, whose size along that axis is
+    ``scaled_size``) -> px of the input image (``input_size``). Pixel centres map onto pixel centres, with the
+    ratio of the sizes as ``rescale_plane`` resamples (the rounded size, not the nominal factor): position p of the
+    output is the point (p + 0.5) * input_size / scaled_size - 0.5 of the input."""
+    return (np.asarray(position, dtype=np.float64) + 0.5) * (input_size / scaled_size) - 0.5

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -166,16 +167,18 @@ def compute_field(spec: FieldSpec, settings: PrepareSettings) -> dict[str, np.nd
     status, reason = field_outcome(fov.nucleus.shape, labels.shape, size, scale, int(labels.max()), len(images),
                                    rejected)
     # positions in the input field's px, where a user would look for them
-    back = partial(to_input_pixels, factor=scale.factor)
+    (height, width), (scaled_height, scaled_width) = fov.nucleus.shape, labels.shape
+    back_rows = partial(to_input_pixels, scaled_size=scaled_height, input_size=height)
+    back_cols = partial(to_input_pixels, scaled_size=scaled_width, input_size=width)
     return {
-        "images": images.astype(np.float32), "rows": np.rint(back(rows)).astype(np.int32),
-        "cols": np.rint(back(cols)).astype(np.int32), "areas": areas,
+        "images": images.astype(np.float32), "rows": np.rint(back_rows(rows)).astype(np.int32),
+        "cols": np.rint(back_cols(cols)).astype(np.int32), "areas": areas,
         "nuclei": np.int64(labels.max()), "source": np.str_(spec.path), "status": np.str_(status),
         "reason": np.str_(reason), "warning": np.str_(warning), "scale": np.float64(scale.factor),
         "diameter": np.float64(np.nan if scale.diameter is None else scale.diameter),
         "scale_source": np.str_(scale.source),
-        "rejected_rows": back(np.array([r[0] for r in rejected], np.float64)),
-        "rejected_cols": back(np.array([r[1] for r in rejected], np.float64)),
+        "rejected_rows": back_rows(np.array([r[0] for r in rejected], np.float64)),
+        "rejected_cols": back_cols(np.array([r[1] for r in rejected], np.float64)),
         "rejected_areas": np.array([r[2] for r in rejected], np.int64),
         "rejected_reasons": np.array([r[3] for r in rejected], dtype=np.str_).reshape(-1),
     }
@@ -200,9 +203,16 @@ def process_field(spec: FieldSpec, settings: PrepareSettings, work_dir: Path) ->
         return FieldSummary(spec.fov_id, spec.protein, spec.path, STATUS_ERROR,
                             error=f"{spec.path}: memory: the field does not fit in memory; use fewer --workers")
     except Exception as err:  # noqa: BLE001 - one bad field must not stop a screen; a library's words help nobody
+        # ... on the console; the traceback goes to a file beside the work files, for the bug report
+        trace = path.with_suffix(".error.txt")
+        try:
+            trace.write_text(traceback.format_exc())
+            kept = f" and {trace}"
+        except OSError:
+            kept = ""
         return FieldSummary(spec.fov_id, spec.protein, spec.path, STATUS_ERROR,
                             error=f"{spec.path}: prepare: unexpected {type(err).__name__} on this field (a bug: "
-                                  f"please report it with the file)")
+                                  f"please report it with the file{kept})")
     _save_atomic(path, **arrays)
     summary = _summary_from_file(path, spec, resumed=False)
     assert summary is not None, path  # just written

@@ -22,15 +22,15 @@ are segmented and cropped as they are, with the output of the unscaled pipeline.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from cytoself_jax.imaging.nucleus import crude_mask, fill_small_holes
-from cytoself_jax.imaging.scale import equivalent_diameters, rescale_plane, scaled_shape
+from cytoself_jax.imaging.scale import equivalent_diameters, labels_touching_edge, rescale_plane, scaled_shape
 from cytoself_jax.prepare.io import FieldError, InputError
-from cytoself_jax.prepare.segment import REJECT_SMALL, SegmentParams, Segmentation, background_stats, segment_nuclei
+from cytoself_jax.prepare.segment import (REJECT_SMALL, SegmentParams, Segmentation, background_stats,
+                                          labelled_regions, segment_nuclei)
 
 REFERENCE_DIAMETER = 50.0     # px: nucleus diameter in the training data's fields (OpenCell, 1024x1024)
 REFERENCE_PIXEL_SIZE_UM = 0.2  # µm per px assumed for those fields
@@ -64,10 +64,6 @@ class ScaleSettings:
             raise InputError("--no-rescale: expected no --nucleus-diameter or --pixel-size with it (they only "
                              "serve the rescaling)")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass(frozen=True)
 class FieldScale:
     """A field's scale: ``factor`` (store px per field px), ``diameter`` (its nuclei's diameter in field px; None
@@ -96,17 +92,12 @@ def rough_diameter(image: np.ndarray, min_snr: float) -> float | None:
     low-pass, holes filled; regions of at least ``ROUGH_MIN_AREA`` px brighter than the background by ``min_snr``
     noise sd, those off the field's edge when any (cut nuclei look small). None when no region qualifies."""
     mask = fill_small_holes(crude_mask(image, ROUGH_SIGMA), image.size)
-    regions, count = ndimage.label(mask)
-    if count == 0:
+    regions, areas, means = labelled_regions(image, mask)
+    if not len(areas):
         return None
-    index = np.arange(1, count + 1)
-    areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-    means = np.asarray(ndimage.mean(image, regions, index))
     median, sd = background_stats(image, mask)
     keep = (areas >= ROUGH_MIN_AREA) & (means - median > min_snr * sd)
-    edge = np.zeros(count + 1, dtype=bool)
-    edge[np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))] = True
-    inner = keep & ~edge[1:]
+    inner = keep & ~labels_touching_edge(regions)[1:]
     chosen = inner if inner.any() else keep
     return float(np.median(equivalent_diameters(areas[chosen]))) if chosen.any() else None
 
@@ -121,8 +112,7 @@ def measured_diameter(segmentation: Segmentation, factor: float) -> float | None
     labels = segmentation.labels
     height, width = labels.shape
     areas = np.bincount(labels.ravel())[1:].astype(np.float64)
-    edge = np.zeros(len(areas) + 1, dtype=bool)
-    edge[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
+    edge = labels_touching_edge(labels)
     sizes, at_edge = [areas[areas > 0]], [edge[1:][areas > 0]]
     for row, col, area, why in segmentation.rejected:
         if why == REJECT_SMALL and area >= ROUGH_MIN_AREA * factor ** 2:
@@ -144,18 +134,22 @@ def estimate_and_segment(image: np.ndarray, params: SegmentParams) -> tuple[Fiel
     if diameter is None:
         return FieldScale(1.0, None, SOURCE_ESTIMATED), image, segment_nuclei(image, params)
     factor = snap(REFERENCE_DIAMETER / diameter)
+    measured_pass = None  # (factor, diameter, scaled, segmentation) of the last pass that found nuclei
     for attempt in range(MAX_PASSES):
         check_size(image.shape, factor, diameter)
         scaled = image if factor == 1.0 else rescale_plane(image, factor)
         segmentation = segment_nuclei(scaled, params)
         measured = measured_diameter(segmentation, factor)
         if measured is None:
-            break
+            break  # no nucleus at this scale: the last pass that found some stands, if any
         diameter = measured / factor
+        measured_pass = (factor, diameter, scaled, segmentation)
         new = snap(REFERENCE_DIAMETER / diameter)
         if new == factor or max(new / factor, factor / new) < CONVERGED or attempt == MAX_PASSES - 1:
             break  # the last pass keeps its own factor: the segmentation returned is of that factor
         factor = new
+    if measured_pass is not None:
+        factor, diameter, scaled, segmentation = measured_pass
     return FieldScale(factor, diameter, SOURCE_ESTIMATED), scaled, segmentation
 
 

@@ -98,6 +98,15 @@ def background_stats(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]
     return median, float(1.4826 * np.median(np.abs(outside - median)))
 
 
+def labelled_regions(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 4-connected regions of a (H, W) bool mask: labels (H, W) (0 background, 1..n), their areas (n,) px and
+    their mean intensities (n,) in ``image``."""
+    regions, count = ndimage.label(mask)
+    areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+    means = np.asarray(ndimage.mean(image, regions, np.arange(1, count + 1))) if count else np.zeros(0)
+    return regions, areas, means
+
+
 def segment_nuclei(image: np.ndarray, params: SegmentParams = SegmentParams()) -> Segmentation:
     """Segment the nuclei of one (H, W) nucleus-stain image (raw intensities, any real dtype).
 
@@ -113,11 +122,9 @@ def segment_nuclei(image: np.ndarray, params: SegmentParams = SegmentParams()) -
         raise FieldError(f"nucleus channel: empty field (every pixel is {image.flat[0] if image.size else 'absent'})")
     crude = crude_mask(image, params.sigma)
     refined = refine_mask(image, crude, params)
-    regions, count = ndimage.label(refined)
-    index = np.arange(1, count + 1)
-    areas = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-    means = np.asarray(ndimage.mean(image, regions, index)) if count else np.zeros(0)
-    centres = np.asarray(ndimage.center_of_mass(refined, regions, index)).reshape(-1, 2)
+    regions, areas, means = labelled_regions(image, refined)
+    count = len(areas)
+    centres = np.asarray(ndimage.center_of_mass(refined, regions, np.arange(1, count + 1))).reshape(-1, 2)
     bg_median, bg_sd = background_stats(image, crude)
     reasons = np.full(count, "", dtype=object)
     reasons[means - bg_median <= params.min_snr * bg_sd] = REJECT_DIM
