@@ -1456,15 +1456,28 @@ for message in ("Event loop is closed", "something else"):
     thread.join()
     doomed = type("Doomed", (), {"__del__": lambda self, message=message: fail(message)})()
     del doomed  # an exception in __del__: reported through sys.unraisablehook
+
+# a failed task never awaited: asyncio logs it when the task is collected; orbax's read tasks' are not shown
+import asyncio, gc
+for where in (str(Path(orbax_logs.ORBAX_DIR) / "reader.py"), "elsewhere.py"):
+    code = {}
+    exec(compile(f"async def read():\n    raise ValueError('task of {Path(where).name}')", where, "exec"), code)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(code["read"]())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    del task
+    gc.collect()
+    loop.close()
 """
 
 
 def test_library_reports_of_a_failed_checkpoint_read_are_captured():
-    """The capture itself, deterministic: an orbax record and a closed event loop's exceptions (from a thread,
-    unraisable) are not shown; other records and exceptions are."""
+    """The capture itself, deterministic: an orbax record, a closed event loop's exceptions (from a thread,
+    unraisable) and asyncio's report of a failed orbax task are not shown; other records and exceptions are."""
     done = subprocess.run([sys.executable, "-c", CAPTURE_SCRIPT], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "from reader.py" not in done.stderr and "Event loop is closed" not in done.stderr
     assert "from elsewhere.py" in done.stderr
     assert done.stderr.count("RuntimeError: something else") == 2, done.stderr
+    assert "task of reader.py" not in done.stderr and "task of elsewhere.py" in done.stderr

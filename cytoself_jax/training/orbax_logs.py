@@ -4,19 +4,24 @@ A damaged checkpoint file makes orbax log errors from its reader threads (throug
 one per array) and makes tensorstore's callbacks hit orbax's closed event loop ('Event loop is closed', reported
 as unraisable or thread exceptions, pages of tracebacks), sometimes after the failed call has returned. The
 checkpoint module raises its own one-line error (or warns once) instead, so these reports are captured: records
-of orbax's modules go to the DEBUG level of the 'cytoself_jax.orbax' logger (message only, no traceback), and
-the closed-loop exceptions are dropped. Anything else is shown as usual.
+of orbax's modules go to the DEBUG level of the 'cytoself_jax.orbax' logger (message only, no traceback), and so
+do asyncio's 'Task exception was never retrieved' reports of orbax's read tasks (logged when the failed task is
+garbage-collected, after the read has failed in one line); the closed-loop exceptions are dropped. Anything else
+is shown as usual.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import orbax.checkpoint
+import tensorstore
 
 ORBAX_DIR = str(Path(orbax.checkpoint.__file__).resolve().parent)
+LIBRARY_DIRS = (ORBAX_DIR, str(Path(tensorstore.__file__).resolve().parent))
 CAPTURED = logging.getLogger("cytoself_jax.orbax")
 _installed = False
 
@@ -36,6 +41,20 @@ class _OrbaxRecords(logging.Filter):
         return False
 
 
+class _OrbaxTasks(logging.Filter):
+    """Keeps asyncio's reports of exceptions raised in orbax's or tensorstore's code off the console, passing their
+    first line on at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+        if not any(str(Path(f.filename).resolve()).startswith(LIBRARY_DIRS) for f in frames):
+            return True
+        if CAPTURED.isEnabledFor(logging.DEBUG):
+            CAPTURED.debug("asyncio: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return False
+
+
 def capture_library_reports() -> None:
     """Install the capture (once per process; see module doc)."""
     global _installed
@@ -43,6 +62,7 @@ def capture_library_reports() -> None:
         return
     _installed = True
     logging.getLogger("absl").addFilter(_OrbaxRecords())
+    logging.getLogger("asyncio").addFilter(_OrbaxTasks())
     unraisable, excepthook, thread_hook = sys.unraisablehook, sys.excepthook, threading.excepthook
 
     def on_unraisable(report) -> None:
