@@ -71,6 +71,25 @@ def tiny_config(workdir: Path, data_path: Path):
     return c
 
 
+def nan_training_batches(monkeypatch, from_epoch: int = 0) -> None:
+    """Make the training loop's training batches all-NaN from epoch `from_epoch` (0-based) on, so that its loss and
+    gradients turn non-finite there. Unlike a NaN loss weight, this leaves the run's programs as they are (those
+    of tiny_config, compiled once per session) instead of adding a train step to compile."""
+    import numpy as np
+
+    from cytoself_jax.training import loop
+
+    make_dataset = loop.make_dataset
+
+    def poisoned(*args, **kwargs):
+        batches = make_dataset(*args, **kwargs)
+        if not kwargs["train"] or kwargs["epoch"] < from_epoch:
+            return batches
+        return ({**batch, "image": np.full_like(batch["image"], np.nan)} for batch in batches)
+
+    monkeypatch.setattr(loop, "make_dataset", poisoned)
+
+
 @pytest.fixture(scope="session")
 def tiny_store_path(tmp_path_factory) -> Path:
     """A 96-crop store: 4 proteins x 3 fields x 8 crops of 32x32 (protein, nucleus, distance), each protein a

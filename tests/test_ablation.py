@@ -55,7 +55,9 @@ def test_the_row_gives_each_score_its_between_training_statistics():
 def test_a_tiny_study_writes_its_table_and_is_not_redone(tmp_path, tiny_store_path):
     config_file = tmp_path / "tiny_study.py"
     config_file.write_text("from conftest import tiny_config\n\n\ndef base_config():\n"
-                           f"    return tiny_config('unused', {str(tiny_store_path)!r})\n")
+                           f"    c = tiny_config('unused', {str(tiny_store_path)!r})\n"
+                           "    c.train.max_epochs = 1  # a training of one epoch is a training for the study\n"
+                           "    return c\n")
     argv = ["--config", str(config_file), "--variants", "full", "no_identification", "--seeds", "1",
             "--umap-seeds", "1", "--bootstrap", "100", "--root", str(tmp_path / "study"), "--quiet",
             "--evaluators", "identity", "clustering"]

@@ -27,12 +27,14 @@ def test_values_and_gradients_equal_the_grouped_convolution(size, kernel, stride
     def loss(conv, x, k):
         return jnp.sum(weights * jnp.sin(conv(x, k, stride)))
 
-    chex.assert_trees_all_close(depthwise_conv(x, k, stride), _grouped(x, k, stride), atol=1e-5)
-    ours = jax.grad(lambda x, k: loss(depthwise_conv, x, k), argnums=(0, 1))(x, k)
+    # jitted, as the model runs it (op by op, each of the k*k taps' slices and products would compile on its own)
+    conv = jax.jit(depthwise_conv, static_argnums=2)
+    chex.assert_trees_all_close(conv(x, k, stride), _grouped(x, k, stride), atol=1e-5)
+    ours = jax.jit(jax.grad(lambda x, k: loss(depthwise_conv, x, k), argnums=(0, 1)))(x, k)
     xla = jax.grad(lambda x, k: loss(_grouped, x, k), argnums=(0, 1))(x, k)
     chex.assert_trees_all_close(ours, xla, rtol=1e-5, atol=1e-5)
-    # jitted too, in bfloat16 (float32 accumulation): the dtype is kept
-    out = jax.jit(depthwise_conv, static_argnums=2)(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), stride)
+    # in bfloat16 (float32 accumulation): the dtype is kept
+    out = conv(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), stride)
     chex.assert_type(out, jnp.bfloat16)
     chex.assert_trees_all_close(out.astype(jnp.float32), _grouped(x, k, stride), atol=0.1, rtol=0.05)
 

@@ -137,8 +137,10 @@ def test_embed_command_one_field_per_protein_unseen_proteins(run_dir, one_field_
     adata = anndata.read_h5ad(out / "embeddings.h5ad")
     assert adata.n_obs == 36 and set(adata.obs["split"]) == {"all"}
     np.testing.assert_array_equal(store_rows(adata), np.arange(36))
-    # The h5ad's embedding is the API's on the centre-cropped crops.
-    api = embed_store(load_run(run_dir), open_store(one_field_store), fit="center-crop", progress=False)
+    # The h5ad's embedding is the API's on the centre-cropped crops (in batches of 8: the program of
+    # test_embed_images_matches_a_plain_forward_and_the_store_path, not one more to compile).
+    api = embed_store(load_run(run_dir), open_store(one_field_store), fit="center-crop", batch_size=8,
+                      progress=False)
     np.testing.assert_allclose(adata.X, api.global_vectors.reshape(36, -1), atol=1e-5)
     m = json.loads((out / "metrics.json").read_text())
     assert m["run"]["fit"] == "center-crop" and m["run"]["split"] == "all"
@@ -188,15 +190,17 @@ def test_eval_never_replaces_a_folder_it_did_not_write(run_dir, tmp_path):
     assert (mine / "notes.txt").read_text() == "my notes" and len(list(mine.iterdir())) == 1
     # eval's own output folder is replaced by the next eval; embed does not replace eval's folder either.
     out = tmp_path / "eval-out"
-    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False))
+    # what the evaluation computes does not matter to these rules (the marker lists whatever files were written):
+    # one cheap evaluator
+    options = EvalOptions(out=str(out), split="val", evaluators=("codebooks",), bootstrap=100, progress=False)
+    run_eval(run_dir, options)
     assert json.loads((out / MARKER).read_text())["written_by"] == "eval"
     (out / "metrics.json").write_text("{}")
-    assert not run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False,
-                                             force=True)).reused  # --force: evaluated again, the folder replaced
+    assert not run_eval(run_dir, dataclasses.replace(options, force=True)).reused  # --force: evaluated again
     assert json.loads((out / "metrics.json").read_text())["run"]["split"] == "val"
     (out / "my-figure.svg").write_text("<svg/>")  # a user's file added to eval's folder: not eval's to delete
     with pytest.raises(EvalError, match=r"eval-out: --out: holds files eval did not write \(my-figure.svg\)"):
-        run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False))
+        run_eval(run_dir, options)
     (out / "my-figure.svg").unlink()
     store_path = json.loads((run_dir / "dataset.json").read_text())["store"]
     assert embed_cli.main(["--ckpt", str(run_dir), "--data", store_path, "--out", str(out), "--quiet"]) == 2
@@ -260,7 +264,8 @@ def test_stale_temporary_folders_of_killed_evals_are_removed(run_dir, tmp_path):
         (folder / "embeddings.h5ad").write_text("partial")
     for folder in (stale, live):
         (folder / MARKER).write_text(json.dumps(marker))
-    run_eval(run_dir, EvalOptions(out=str(out), split="val", umap_seeds=1, bootstrap=100, progress=False))
+    # the one file checked below is all it needs to write
+    run_eval(run_dir, EvalOptions(out=str(out), split="val", evaluators=("embeddings_h5ad",), progress=False))
     assert not stale.exists()
     assert live.exists() and foreign.exists() and (foreign / "embeddings.h5ad").read_text() == "partial"
     assert (out / "embeddings.h5ad").is_file()

@@ -3,6 +3,7 @@ SLURM's srun would (2 processes x 4 CPU devices, coordinator on 127.0.0.1), agai
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,9 +33,13 @@ def _free_port() -> int:
 def _train_two_processes(run_dir: Path, store: Path, log_dir: Path) -> None:
     """One epoch of STEPS steps by 2 processes of 4 CPU devices each, with srun's environment."""
     port = _free_port()
+    # 4 CPU devices per process, with the tests' other XLA flags (conftest.py: optimisation level 0, which halves
+    # the compile time of the train step each process compiles)
+    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
     procs, logs = [], []
     for rank in range(2):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count=4".strip(),
                # what srun sets and jax.distributed.initialize() reads; the port override picks a free port
                "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2",
                "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "JAX_COORDINATOR_PORT": str(port)}

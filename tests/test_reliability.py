@@ -51,7 +51,6 @@ Every command, not only training (issue 26): command | fault or bad input | mess
 
 import dataclasses
 import errno
-import functools
 import json
 import os
 import re
@@ -69,7 +68,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
-from conftest import tiny_config
+from conftest import nan_training_batches, tiny_config
 
 from cytoself_jax.data import store as store_lib
 from cytoself_jax.data.pipeline import make_dataset
@@ -86,9 +85,8 @@ from cytoself_jax.training.checkpoint import CheckpointError, Checkpointer, RunL
 from cytoself_jax.training.loop import NonFiniteLossError, codebook_warnings, evaluate, train
 from cytoself_jax.training.run_record import HISTORY_FILE, record_run
 from cytoself_jax.training.signals import DeferredSigterm, Terminated, raise_terminated
-from cytoself_jax.models import build_model
-from cytoself_jax.train_state import create_train_state
-from cytoself_jax.training.step import make_eval_step
+from cytoself_jax.program_cache import cached_program
+from cytoself_jax.training.programs import eval_step_program, program_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.py"
@@ -379,12 +377,12 @@ def test_a_half_written_checkpoint_is_never_restored(tmp_path, reference):
     assert not tmp.exists()
 
 
-def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(tmp_path, tiny_store_path, reference):
+def test_non_finite_loss_mid_run_keeps_the_last_good_checkpoint(tmp_path, tiny_store_path, reference, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(reference.run_dir, run)
     config = _config(run, tiny_store_path)
     config.train.max_epochs = 3
-    config.loss.reconstruction = float("nan")  # poisons the loss from the first step of epoch 3
+    nan_training_batches(monkeypatch, from_epoch=2)  # poisons the loss from the first step of epoch 3
     with pytest.raises(NonFiniteLossError, match=rf"step {2 * STEPS_PER_EPOCH + 1} \(epoch 3\): .* loss=nan, .*"
                                                  r"the latest checkpoint is the last good one"):
         train(config, resume=True, progress=False)
@@ -426,21 +424,23 @@ def test_evaluate_counts_dead_codes_over_the_whole_split():
     assert metrics["accuracy_local"] == 0.5
 
 
-def test_codebook_collapse_is_counted_and_warned(tiny_store_path):
+def test_codebook_collapse_is_counted_and_warned(tiny_store_path, reference):
     config = _config("unused", tiny_store_path)
     store = open_store(tiny_store_path)
     channels = tuple(config.data.channels)
-    image_shape = (32, 32, len(channels))
-    model = build_model(config, image_shape, len(store.proteins))
     splits = split_by_field(store.table, tuple(config.data.split_fractions), seed=config.data.split_seed)
     val = make_dataset(store, splits["val"], channels=channels, batch_size=16, train=False)
     mesh = mesh_lib.make_mesh()
-    init = functools.partial(create_train_state, model, image_shape, config.train.learning_rate)
-    state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(0))
+    # The reference run's state and its own eval step, as the training loop makes it: both programs are the
+    # reference's (kept by program_cache and the compilation cache), none is compiled for this test.
+    info = json.loads((reference.run_dir / "dataset.json").read_text())
+    eval_step = cached_program(eval_step_program, program_inputs(config, info), mesh)
+    state = reference.state
     # every code far from the encoder's outputs but code 5: every position picks code 5, the other 31 are dead
-    codebook = jnp.full_like(state.params["vq_local"]["codebook"], 1e3).at[5].set(0.0)
+    old = state.params["vq_local"]["codebook"]
+    codebook = jax.device_put(jnp.full_like(old, 1e3).at[5].set(0.0), old.sharding)
     collapsed = state.replace(params={**state.params, "vq_local": {"codebook": codebook}})
-    metrics = evaluate(make_eval_step(model, config.loss, 0.1), collapsed, val, mesh)
+    metrics = evaluate(eval_step, collapsed, val, mesh)
     assert metrics["dead_codes_local"] == 31
     np.testing.assert_allclose(metrics["perplexity_local"], 1.0, rtol=1e-5)
     num_codes = {"local": 32, "global": 32}
@@ -1118,15 +1118,16 @@ def test_every_reader_refuses_bad_crops_naming_the_store_count_and_first_row(emb
                         _one_line_err(capsys.readouterr().err))
     assert not out.exists() and not (embed_run / "embed").exists()
 
-    # asked for: left out and counted, the other crops embedded exactly as without them
+    # asked for: left out and counted, the other crops embedded exactly as without them (in batches of 8, as in
+    # test_embed.py: the same embedding program)
     good = np.setdiff1d(np.arange(len(store)), [NAN_ROW, BLANK_ROW])
-    skipped = embed_store(run, store, skip_bad_crops=True, batch_size=16, progress=False)
+    skipped = embed_store(run, store, skip_bad_crops=True, batch_size=8, progress=False)
     np.testing.assert_array_equal(skipped.index, good)
     assert skipped.skipped == {"non_finite": 1, "blank": 1, "first_rows": [NAN_ROW, BLANK_ROW]}
-    clean = embed_store(run, store, good, batch_size=16, progress=False)
+    clean = embed_store(run, store, good, batch_size=8, progress=False)
     np.testing.assert_array_equal(skipped.global_indices, clean.global_indices)
     assert clean.skipped == {} and len(clean) == len(good)
-    arrays = embed_images(run, raw, skip_bad_crops=True, batch_size=16, progress=False)
+    arrays = embed_images(run, raw, skip_bad_crops=True, batch_size=8, progress=False)
     np.testing.assert_array_equal(arrays.index, good)
     assert arrays.skipped == {"non_finite": 1, "blank": 1, "first_crops": [NAN_ROW, BLANK_ROW]}
     np.testing.assert_array_equal(arrays.global_indices, clean.global_indices)

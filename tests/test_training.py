@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import math
+import shutil
 import types
 
 import chex
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import nan_training_batches, tiny_config
 
 from cytoself_jax import mesh as mesh_lib
 from cytoself_jax.training.checkpoint import Checkpointer, LoopState
@@ -184,10 +185,16 @@ def _fixed_batch(n=8, size=32, classes=4, seed=0):
             "label": rng.integers(0, classes, n).astype(np.int32), "index": np.arange(n, dtype=np.int32)}
 
 
+# The data variance of _run_steps' train steps: bench/train_step.py's (np.var of its random batch of 8 32x32x2 crops,
+# seed 0). A train step bakes this constant in, so with it the 1- and 8-device steps below are the very programs of
+# test_bench.py (train_step, scaling), compiled once per session thanks to the shared compilation cache.
+STEP_VARIANCE = float(np.var(np.random.default_rng(0).random((8, 32, 32, 2), dtype=np.float32)))
+
+
 def _run_steps(config, mesh, batch, steps):
     model = build_model(config, (32, 32, 2), 4)
     state = mesh_lib.replicate(create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0)), mesh)
-    step = make_train_step(model, config.loss, mesh, 0.1)
+    step = make_train_step(model, config.loss, mesh, STEP_VARIANCE)
     losses = []
     for _ in range(steps):
         state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(1))
@@ -242,6 +249,14 @@ def test_loss_decreases_on_a_tiny_batch(tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def _loss_and_grads_on(mesh, model, config, state, batch):
+    """loss_and_grads of one batch (data variance 0.1), jitted over `mesh`: batch split, state replicated."""
+    rep = mesh_lib.replicated(mesh)
+    fn = jax.jit(functools.partial(loss_and_grads, model, config.loss, data_variance=0.1),
+                 in_shardings=(rep, mesh_lib.batch_sharding(mesh), rep))
+    return jax.device_get(fn(mesh_lib.replicate(state, mesh), mesh_lib.shard_batch(batch, mesh), jax.random.PRNGKey(1)))
+
+
 def test_one_device_and_eight_devices_give_the_same_training(tmp_path):
     assert len(jax.devices()) == 8, "conftest should provide 8 virtual CPU devices"
     config = tiny_config(tmp_path, tmp_path)
@@ -250,12 +265,8 @@ def test_one_device_and_eight_devices_give_the_same_training(tmp_path):
     # gradients and batch statistics of one step: what data parallelism must preserve
     model = build_model(config, (32, 32, 2), 4)
     state = create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0))
-    grads = {}
-    for name, mesh in (("one", mesh1), ("eight", mesh8)):
-        fn = jax.jit(functools.partial(loss_and_grads, model, config.loss, data_variance=0.1),
-                     in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)))
-        grads[name] = jax.device_get(fn(mesh_lib.replicate(state, mesh), mesh_lib.shard_batch(batch, mesh),
-                                        jax.random.PRNGKey(1)))
+    grads = {name: _loss_and_grads_on(mesh, model, config, state, batch) for name, mesh in (("one", mesh1),
+                                                                                          ("eight", mesh8))}
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads["one"][1]))
     chex.assert_trees_all_close(grads["one"][1], grads["eight"][1], atol=1e-5 * scale, rtol=1e-4)
     chex.assert_trees_all_close(grads["one"][0], grads["eight"][0], atol=1e-6, rtol=1e-4)  # loss, terms, batch stats
@@ -275,8 +286,9 @@ def test_remat_decoders_gives_the_same_loss_and_gradients_from_the_same_params(t
         config.model.remat_decoders = remat
         model = build_model(config, (32, 32, 2), 4)
         state = create_train_state(model, (32, 32, 2), 1e-3, jax.random.PRNGKey(0))
+        # on one device, as in test_one_device_and_eight_devices_give_the_same_training: without remat, its program
+        results[remat] = _loss_and_grads_on(mesh_lib.make_mesh(jax.devices()[:1]), model, config, state, batch)
         fn = functools.partial(loss_and_grads, model, config.loss, data_variance=0.1)
-        results[remat] = jax.device_get(jax.jit(fn)(state, batch, jax.random.PRNGKey(1)))
         jaxprs[remat] = str(jax.make_jaxpr(fn)(state, batch, jax.random.PRNGKey(1)))
     # the switch is really on: each decoder block is one remat (decoder2 and decoder1 have 2 each), and only then
     assert jaxprs[True].count("remat") == 4 and "remat" not in jaxprs[False]
@@ -301,13 +313,20 @@ def _epochs(run_dir):
     return [r for r in (json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
 
 
-def test_resume_continues_exactly(tmp_path, tiny_store_path):
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, tiny_store_path):
+    """A finished 1-epoch run of the tiny config, trained once for this module: tests that start from such a run
+    work on a copy of its folder, as they would on a run they had trained themselves."""
+    config = tiny_config(tmp_path_factory.mktemp("one-epoch") / "run", tiny_store_path)
+    config.train.max_epochs = 1
+    return train(config, progress=False)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_store_path, one_epoch_run):
     straight = tiny_config(tmp_path / "straight", tiny_store_path)
     full = train(straight, progress=False)
 
-    first = tiny_config(tmp_path / "resumed", tiny_store_path)
-    first.train.max_epochs = 1
-    train(first, progress=False)
+    shutil.copytree(one_epoch_run.run_dir, tmp_path / "resumed")  # the first epoch (max_epochs 1)
     second = tiny_config(tmp_path / "resumed", tiny_store_path)  # max_epochs 2 again: only the budget changes
     resumed = train(second, resume=True, progress=False)
 
@@ -323,10 +342,9 @@ def test_resume_continues_exactly(tmp_path, tiny_store_path):
     assert ck.has("best") and ck.has("latest")
 
 
-def test_resume_refuses_a_different_model(tmp_path, tiny_store_path):
+def test_resume_refuses_a_different_model(tmp_path, tiny_store_path, one_epoch_run):
+    shutil.copytree(one_epoch_run.run_dir, tmp_path / "run")  # a run trained for max_epochs 1
     config = tiny_config(tmp_path / "run", tiny_store_path)
-    config.train.max_epochs = 1
-    train(config, progress=False)
     config.train.max_epochs = 2  # the run is not finished for this budget: a new run must not start over it
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, progress=False)
@@ -343,10 +361,11 @@ def test_resume_refuses_a_different_model(tmp_path, tiny_store_path):
         train(config, resume=True, progress=False)
 
 
-def test_a_finished_run_run_again_trains_nothing(tmp_path, tiny_store_path):
+def test_a_finished_run_run_again_trains_nothing(tmp_path, tiny_store_path, one_epoch_run):
+    first = one_epoch_run
+    shutil.copytree(first.run_dir, tmp_path / "run")
     config = tiny_config(tmp_path / "run", tiny_store_path)
     config.train.max_epochs = 1
-    first = train(config, progress=False)
     records = (tmp_path / "run" / "metrics.jsonl").read_text()
     again = train(config, progress=False)  # the README's command run a second time
     assert again.already_finished and not first.already_finished
@@ -356,9 +375,9 @@ def test_a_finished_run_run_again_trains_nothing(tmp_path, tiny_store_path):
     chex.assert_trees_all_close(jax.device_get(again.state.params), jax.device_get(first.state.params))
 
 
-def test_non_finite_loss_stops_with_the_step_and_terms_named(tmp_path, tiny_store_path):
+def test_non_finite_loss_stops_with_the_step_and_terms_named(tmp_path, tiny_store_path, monkeypatch):
     config = tiny_config(tmp_path / "run", tiny_store_path)
-    config.loss.reconstruction = float("nan")
+    nan_training_batches(monkeypatch)  # NaN pixels from the first batch on: the loss is NaN at step 1
     with pytest.raises(NonFiniteLossError, match=r"step 1 .*reconstruction="):
         train(config, progress=False)
     assert not Checkpointer(tmp_path / "run").has("latest")
@@ -366,23 +385,36 @@ def test_non_finite_loss_stops_with_the_step_and_terms_named(tmp_path, tiny_stor
 
 def test_heldout_proteins_are_not_trained_on_and_are_recorded(tmp_path, tiny_store_path):
     """A protein held out of training is no class, in no split; dataset.json names it; a resume must keep it."""
-    from cytoself_jax.data.store import open_store
+    import pandas as pd
+
+    from cytoself_jax.data.store import open_store, write_store
     from cytoself_jax.data.splits import splits_for_config
 
-    config = tiny_config(tmp_path / "run", tiny_store_path)
-    config.data.heldout_proteins = ("P2",)
+    # The tiny store and a fifth protein, P4 (P0's crops again, in 3 fields of its own), held out: the 4 trained
+    # proteins split and train as in the tiny store, so the run's programs are the tiny config's, compiled once
+    # per session (a protein fewer would make 3-class programs to compile for this test alone).
+    tiny = open_store(tiny_store_path)
+    table = pd.read_csv(tiny_store_path / "crops.csv", dtype=str, keep_default_na=False)
+    p4 = table.iloc[:24].copy()
+    assert set(p4["protein"]) == {"P0"}
+    p4["protein"], p4["fov"] = "P4", p4["fov"].str.replace("P0/", "P4/", regex=False)
+    store_path = tmp_path / "store"
+    write_store(store_path, np.concatenate([tiny.images, tiny.images[:24]]), pd.concat([table, p4]), tiny.channels)
+
+    config = tiny_config(tmp_path / "run", store_path)
+    config.data.heldout_proteins = ("P4",)
     config.train.max_epochs = 1
     result = train(config, progress=False)
     info = json.loads((tmp_path / "run" / "dataset.json").read_text())
-    assert info["proteins"] == ["P0", "P1", "P3"] and info["heldout_proteins"] == ["P2"]
-    assert sum(info["split_sizes"].values()) == 72  # 3 proteins x 24 crops: none of P2's
-    # the classifier heads have one output per trained protein
+    assert info["proteins"] == ["P0", "P1", "P2", "P3"] and info["heldout_proteins"] == ["P4"]
+    assert sum(info["split_sizes"].values()) == 96  # 4 proteins x 24 crops: none of P4's
+    # the classifier heads have one output per trained protein (4 of the store's 5)
     logits = [v.shape for path, v in jax.tree_util.tree_flatten_with_path(result.state.params)[0]
               if "'logits'" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path)]
-    assert logits == [(16, 3)] * len(config.model.heads), logits
+    assert logits == [(16, 4)] * len(config.model.heads), logits
     # eval finds the same splits from the saved config
-    saved = splits_for_config(open_store(tiny_store_path).table, config)
-    assert saved.heldout_proteins == ("P2",) and sum(len(v) for v in saved.splits.values()) == 72
+    saved = splits_for_config(open_store(store_path).table, config)
+    assert saved.heldout_proteins == ("P4",) and sum(len(v) for v in saved.splits.values()) == 96
     config.data.heldout_proteins = ("P1",)
     with pytest.raises(ValueError, match="changed: data.heldout_proteins"):
         train(config, resume=True, progress=False)
