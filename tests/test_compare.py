@@ -87,7 +87,8 @@ def _evaluated_run(root: Path, seed: int, scores: dict[str, float], epochs: int,
     config.seed = seed
     (root / "config.json").write_text(config.to_json())
     (root / "metrics.jsonl").write_text("".join(
-        json.dumps({"kind": "epoch", "epoch": e, "best_epoch": best}) + "\n" for e in range(epochs)))
+        json.dumps({"kind": "epoch", "epoch": e, "best_epoch": best, "val_dead_codes_local": 100 - e}) + "\n"
+        for e in range(epochs)))
     records = {k: Score(k, k, v, low=v - 0.1, high=v + 0.1).to_json() for k, v in scores.items()}
     (root / "eval" / "test").mkdir(parents=True)
     (root / "eval" / "test" / "metrics.json").write_text(json.dumps(
@@ -104,6 +105,8 @@ def test_compare_runs_writes_one_record_per_training_and_the_group_statistics(tm
                                "--out", str(out)])
     assert len(table) == 6 and list(table["seed"]) == [0, 1, 2, 0, 1, 2]
     assert list(table["epochs_run"]) == [6, 6, 6, 5, 5, 5] and list(table["chosen_epoch"]) == [4, 4, 4, 5, 5, 5]
+    # the codebook health of the chosen (1-based) epoch, summarized like a score
+    assert list(table["training.dead_codes_local"]) == [97, 97, 97, 96, 96, 96]
     assert table["heldout_proteins"].eq("P9").all() and table["source_sha256"].eq("abcdef012345").all()
     np.testing.assert_allclose(table["knn.top1 low"], table["knn.top1"] - 0.1)
     records = json.loads(Path(f"{out}_trainings.json").read_text())
@@ -114,6 +117,8 @@ def test_compare_runs_writes_one_record_per_training_and_the_group_statistics(tm
     diff = pd.read_csv(f"{out}_difference.csv").iloc[0]
     assert diff["difference"] == pytest.approx(-0.4) and diff["permutation_p"] == pytest.approx(0.1)
     assert "Welch p" in out.with_suffix(".md").read_text()
+    epochs = summary[(summary["group"] == "second") & (summary["score"] == "training.epochs_run")].iloc[0]
+    assert epochs["n"] == 3 and epochs["mean"] == 5 and epochs["sd"] == 0
 
 
 def test_compare_runs_pairs_two_scores_within_each_training(tmp_path):

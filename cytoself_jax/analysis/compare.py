@@ -24,7 +24,9 @@ from cytoself_jax.jsonio import read_json_lines
 
 def training_record(run_dir: str | Path, eval_dir: str = "test") -> dict:
     """One training's row: run, seed, split fold, held-out proteins, epochs run, best (chosen) epoch and its stop
-    reason, the code that evaluated it, and per score key its value, interval and sd. Reads RUN/config.json,
+    reason, the code that evaluated it, and per score key its value, interval and sd; and as 'training.*' scores
+    (no interval) the epochs run, the chosen epoch and the validation dead codes and perplexity of each codebook
+    at that epoch. Reads RUN/config.json,
     RUN/metrics.jsonl and RUN/eval/<eval_dir>/metrics.json."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
@@ -43,6 +45,15 @@ def training_record(run_dir: str | Path, eval_dir: str = "test") -> dict:
         row[f"{s.key} low"], row[f"{s.key} high"] = s.low, s.high
         if s.sd is not None:
             row[f"{s.key} sd"] = s.sd
+    # How the training converged, summarized per group like the scores (one value per training, no interval of
+    # its own): its length, the chosen (best) epoch, and the codebooks' validation health at that epoch
+    chosen = next((r for r in epochs if r["epoch"] + 1 == last.get("best_epoch")), {})
+    convergence = {"epochs_run": row["epochs_run"], "chosen_epoch": row["chosen_epoch"],
+                   **{f"{k}_{level}": chosen.get(f"val_{k}_{level}") for k in ("dead_codes", "perplexity")
+                      for level in ("local", "global")}}
+    for key, value in convergence.items():
+        row[f"training.{key}"] = value
+        row[f"training.{key} low"] = row[f"training.{key} high"] = None
     return row
 
 
