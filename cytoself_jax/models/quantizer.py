@@ -163,10 +163,10 @@ class VectorQuantizer(nn.Module):
     kmeans_iterations Lloyd iterations over that batch's encoder outputs, started from random distinct ones
     (flag 'kmeans_done'), and quantizes that batch with it; restart_threshold > 0 keeps an EMA ('usage', decay
     restart_decay, starting at 1) of each code's assignments per batch and after each training step gives the
-    codes whose usage fell below the threshold random encoder outputs of the batch ('restarts': how many since training started; a count per step would
-    reach the logs only on logged steps). With
-    use_ema the EMA codebook and its statistics are set directly (a replaced code counts as one vector equal to
-    itself, as at init); otherwise the parameter cannot change inside the model, so the replaced rows are kept
+    codes whose usage fell below the threshold random encoder outputs of the batch ('restarts': how many since
+    training started; a count per step would reach the logs only on logged steps). With use_ema the EMA codebook
+    and its statistics are set directly (a replaced code counts as one vector equal to itself, as at init);
+    otherwise the parameter cannot change inside the model, so the replaced rows are kept
     ('replaced', 'replacement') for the train step to write over the optimizer's update
     (apply_codebook_replacements).
     """

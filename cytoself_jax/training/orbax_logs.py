@@ -30,11 +30,16 @@ def _closed_loop(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+def _under(filename: str, folders: tuple[str, ...]) -> bool:
+    """Whether a source file lies in one of the (resolved) folders."""
+    return str(Path(filename).resolve()).startswith(folders)
+
+
 class _OrbaxRecords(logging.Filter):
     """Keeps orbax's records off the absl logger's handlers, passing their message on at DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(Path(record.pathname).resolve()).startswith(ORBAX_DIR):
+        if not _under(record.pathname, (ORBAX_DIR,)):
             return True
         if CAPTURED.isEnabledFor(logging.DEBUG):
             CAPTURED.debug("%s: %s", logging.getLevelName(record.levelno), record.getMessage())
@@ -48,7 +53,7 @@ class _OrbaxTasks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
-        if not any(str(Path(f.filename).resolve()).startswith(LIBRARY_DIRS) for f in frames):
+        if not any(_under(f.filename, LIBRARY_DIRS) for f in frames):
             return True
         if CAPTURED.isEnabledFor(logging.DEBUG):
             CAPTURED.debug("asyncio: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
