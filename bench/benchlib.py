@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -28,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from cytoself_jax.config import apply_overrides
+from cytoself_jax.memory import peak_rss_bytes
 from cytoself_jax.models import ModelConfigError
 
 # The hardware limit used for "fraction of peak": the dense bf16 matrix rate measured on an H100 SXM
@@ -149,8 +149,7 @@ def peak_memory(devices: Sequence[jax.Device]) -> tuple[int, str]:
     peaks = [p for p in peaks if p]
     if peaks:
         return int(max(peaks)), "device peak_bytes_in_use (max over devices)"
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return int(rss_kib) * 1024, "process peak RSS"
+    return peak_rss_bytes(), "process peak RSS"
 
 
 def _device_peak(device: jax.Device, table: dict[str, float]) -> float | None:

@@ -441,3 +441,25 @@ def test_unseen_proteins_are_placed_from_the_known_ones(tiny_run, tmp_path):
         hits.append(votes.get("right", 0) > (rivals.max() if len(rivals) else 0))
     # one unseen family: balanced accuracy is the accuracy on it
     assert scores["unseen.family_knn_crop"]["value"] == pytest.approx(np.mean(hits))
+
+
+def test_umap_above_umap_max_crops_is_fit_on_a_subsample_and_places_the_rest(tiny_run, tmp_path):
+    import anndata
+
+    result = run_eval(tiny_run["dir"], EvalOptions(out=str(tmp_path / "out"), split="val", umap_seeds=1,
+                                                   umap_max_crops=16, bootstrap=50, progress=False,
+                                                   evaluators=("clustering", "embeddings_h5ad")))
+    m = result.metrics
+    n = m["run"]["crops"]
+    assert n > 16
+    assert m["clustering_score"]["umap"]["fit_crops"] == 16
+    assert f"16 of {n} crops" in m["scores"]["clustering.umap"]["basis"]
+    assert any(note.startswith(f"UMAP: fit on a seeded subsample of 16 of {n} crops") for note in m["notes"])
+    adata = anndata.read_h5ad(result.out_dir / "embeddings.h5ad")
+    chex.assert_shape(adata.obsm["X_umap"], (n, 2))
+    assert np.isfinite(adata.obsm["X_umap"]).all()
+    assert adata.uns["provenance"]["umap_fit_crops"] == 16
+    # each stage's wall time and the process's peak memory after it (a running peak: never decreasing)
+    assert list(m["peak_rss_mib"]) == list(m["seconds"]) == ["embed", "clustering", "embeddings_h5ad"]
+    peaks = list(m["peak_rss_mib"].values())
+    assert peaks[0] > 50 and peaks == sorted(peaks)

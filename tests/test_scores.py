@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from cytoself_jax.analysis import scores
-from cytoself_jax.analysis.atlas import compute_umap
+from cytoself_jax.analysis.atlas import compute_umap, fit_umap, place_on_umap
 from cytoself_jax.analysis.common import AnalysisInputError
 
 
@@ -104,6 +104,25 @@ def test_umap_clustering_scores_planted_clusters():
     np.testing.assert_allclose(compute_umap(x, seed=0), coords[0], rtol=0, atol=1e-5)
     assert scores.clustering_score(coords[0], rng.permutation(labels)) < 1.0
 
+
+
+def test_crops_placed_on_a_fitted_umap_land_in_their_cluster():
+    # eval's atlas above --umap_max_crops: the UMAP is fit on a subsample and the other crops are placed by its
+    # transform; a placed point must land among the fitted points of its own cluster, in chunks or not.
+    rng = np.random.default_rng(7)
+    x, labels = blobs(rng, n_classes=4, per_class=60, dim=16, separation=6.0)
+    fit = np.sort(rng.choice(len(x), size=120, replace=False))
+    rest = np.setdiff1d(np.arange(len(x)), fit)
+    reducer, fitted = fit_umap(x[fit], seed=0)
+    np.testing.assert_allclose(fitted, compute_umap(x[fit], seed=0), rtol=0, atol=1e-5)
+    for chunk in (1000, 25):
+        placed = place_on_umap(reducer, x[rest], chunk=chunk)
+        chex.assert_shape(placed, (len(rest), 2))
+        chex.assert_type(placed, np.float32)
+        nearest = np.argmin(((placed[:, None, :] - fitted[None, :, :]) ** 2).sum(-1), axis=1)
+        agree = np.mean(labels[fit][nearest] == labels[rest])
+        assert agree >= 0.95, (chunk, agree)
+    chex.assert_shape(place_on_umap(reducer, x[:0]), (0, 2))
 
 def slow_topk(score_rows, labels, k):
     hits = 0

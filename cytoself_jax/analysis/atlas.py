@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from tqdm.auto import tqdm
 
 from cytoself_jax.analysis.colours import UNANNOTATED, category_colours, family_colours, family_label, rgb
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
 from cytoself_jax.figures import GREY, categorical_palette, save_figure
 
+UMAP_PLACE_CHUNK = 20_000  # crops placed on a fitted UMAP per transform call
 
-def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-                 metric: str = "euclidean") -> np.ndarray:
-    """2-D UMAP of embeddings (N, ...) flattened per row; umap-learn defaults (the paper's). Returns (N, 2)
-    float32. A fixed seed makes it reproducible (umap-learn then runs single-threaded)."""
+
+def fit_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+             metric: str = "euclidean") -> tuple[Any, np.ndarray]:
+    """2-D UMAP of embeddings (N, ...) flattened per row; umap-learn defaults (the paper's). Returns the fitted
+    umap.UMAP (for place_on_umap) and its (N, 2) float32 coordinates. A fixed seed makes it reproducible
+    (umap-learn then runs single-threaded)."""
     x = as_matrix(embeddings, "compute_umap", "embeddings", flatten=True, min_rows=3)
     if not 2 <= n_neighbors < len(x):
         raise fail("compute_umap", "n_neighbors", f"expected 2 <= n_neighbors < {len(x)} (points), got {n_neighbors}")
@@ -24,7 +28,25 @@ def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: flo
 
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, random_state=seed,
                         n_jobs=1)  # a seed forces one thread anyway; saying so avoids umap's warning
-    return reducer.fit_transform(x).astype(np.float32)
+    return reducer, reducer.fit_transform(x).astype(np.float32)
+
+
+def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                 metric: str = "euclidean") -> np.ndarray:
+    """(N, 2) float32: fit_umap's coordinates."""
+    return fit_umap(embeddings, seed, n_neighbors, min_dist, metric)[1]
+
+
+def place_on_umap(reducer, embeddings, chunk: int = UMAP_PLACE_CHUNK, progress: bool = False) -> np.ndarray:
+    """(N, 2) float32 positions of new embeddings (N, ...) on a fitted UMAP (umap-learn's transform: each point is
+    placed among its nearest fitted points, which stay where they are), in chunks of `chunk` rows for the progress
+    bar and a bounded memory (placed points never move each other: only their random negative samples depend on
+    the chunking)."""
+    x = as_matrix(embeddings, "place_on_umap", "embeddings", flatten=True, min_rows=0)
+    out = np.empty((len(x), 2), np.float32)
+    for start in tqdm(range(0, len(x), chunk), desc="placing crops on the UMAP", unit="chunk", disable=not progress):
+        out[start:start + chunk] = reducer.transform(x[start:start + chunk])
+    return out
 
 
 def _marker_size(n: int) -> float:

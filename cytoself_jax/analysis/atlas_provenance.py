@@ -24,6 +24,7 @@ def atlas_provenance(ctx: EvalContext) -> dict[str, str | int | float]:
         "umap_n_neighbors": int(umap["n_neighbors"]),
         "umap_min_dist": float(umap["min_dist"]),
         "umap_metric": str(umap["metric"]),
+        "umap_fit_crops": int(len(ctx.umap_rows())),
         "umap_input": "X_cytoself (flattened global embedding)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cytoself_jax": versions(["cytoself-jax"])["cytoself-jax"],

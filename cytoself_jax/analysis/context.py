@@ -149,16 +149,30 @@ class EvalContext:
         key = "pixels-" + hashlib.sha256(rows.tobytes()).hexdigest()
         return self.cached(key, lambda: probe.crop_pixels(self.store, rows, self.channels, self.fit))
 
+    def umap_rows(self) -> np.ndarray:
+        """Positions (into the split) of the crops every UMAP is fit on: all of them, or a seeded subsample of
+        options.umap_max_crops (a UMAP's cost grows faster than its size)."""
+        return self.cached("umap-rows", lambda: subsample(len(self.rows), self.options.umap_max_crops,
+                                                           self.options.seed))
+
     def umap_kwargs(self) -> dict[str, Any]:
         o = self.options
-        return dict(n_neighbors=min(o.umap_neighbors, len(self.rows) - 1), min_dist=o.umap_min_dist,
+        return dict(n_neighbors=min(o.umap_neighbors, len(self.umap_rows()) - 1), min_dist=o.umap_min_dist,
                     metric=o.umap_metric)
 
     def umap(self, seed: int) -> np.ndarray:
-        """(N, 2) UMAP of the global embedding with this seed (computed once)."""
-        from cytoself_jax.analysis.atlas import compute_umap
+        """(len(umap_rows()), 2) UMAP of the global embeddings of the umap_rows() crops with this seed (computed
+        once)."""
+        return self._fitted_umap(seed)[1]
 
-        return self.cached(f"umap-{seed}", lambda: compute_umap(self.vectors, seed=seed, **self.umap_kwargs()))
+    def _fitted_umap(self, seed: int) -> tuple[Any, np.ndarray]:
+        from cytoself_jax.analysis.atlas import fit_umap
+
+        def compute():
+            reducer, xy = fit_umap(self.vectors[self.umap_rows()], seed=seed, **self.umap_kwargs())
+            # only the atlas map places further crops: the other seeds' fitted models are not kept
+            return (reducer if seed == self.atlas_seed else None), xy
+        return self.cached(f"umap-{seed}", compute)
 
     @property
     def atlas_seed(self) -> int:
@@ -166,8 +180,32 @@ class EvalContext:
         return self.options.seed
 
     def atlas_xy(self) -> np.ndarray:
-        """(N, 2) the atlas map: the UMAP at atlas_seed (atlas.png, atlas.html, X_umap)."""
-        return self.umap(self.atlas_seed)
+        """(N, 2) the atlas map of every crop of the split: the UMAP at atlas_seed, the crops it was not fit on
+        placed by its transform (atlas.png, atlas.html, X_umap)."""
+        from cytoself_jax.analysis.atlas import place_on_umap
+
+        def compute():
+            reducer, fitted = self._fitted_umap(self.atlas_seed)
+            fit_rows = self.umap_rows()
+            if len(fit_rows) == len(self.rows):
+                return fitted
+            xy = np.empty((len(self.rows), 2), np.float32)
+            xy[fit_rows] = fitted
+            rest = np.setdiff1d(np.arange(len(self.rows)), fit_rows)
+            xy[rest] = place_on_umap(reducer, self.vectors[rest], progress=self.options.progress)
+            return xy
+        return self.cached("atlas-xy", compute)
+
+    def umap_note(self) -> str | None:
+        """The line saying how the UMAPs were made when they were fit on a subsample (None when on every crop or
+        when no UMAP was made)."""
+        if "umap-rows" not in self._cache:
+            return None
+        fitted, n = len(self.umap_rows()), len(self.rows)
+        if fitted == n:
+            return None
+        return (f"UMAP: fit on a seeded subsample of {fitted} of {n} crops (--umap_max_crops); the clustering scores "
+                f"are taken on those crops, the atlas places the other {n - fitted} with the fitted UMAP's transform")
 
 
 def subsample(n: int, limit: int, seed: int) -> np.ndarray:

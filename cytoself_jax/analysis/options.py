@@ -41,6 +41,9 @@ class EvalOptions:
     umap_neighbors: int = _opt(15, "UMAP n_neighbors.", minimum=2)
     umap_min_dist: float = _opt(0.1, "UMAP min_dist.")
     umap_metric: str = _opt("euclidean", "UMAP metric.")
+    umap_max_crops: int = _opt(50_000, "UMAPs are fit on at most this many crops (seeded subsample): the clustering "
+                                       "scores are taken on them and the atlas places the others with the fitted "
+                                       "UMAP's transform.", minimum=3, embed=True)
     knn_k: int = _opt(10, "Neighbours of the kNN classifiers (protein identity, family transfer).", minimum=1)
     knn_max_train: int = _opt(50_000, "At most this many train crops as kNN reference (seeded subsample).",
                               minimum=1)

@@ -23,37 +23,40 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     kwargs = ctx.umap_kwargs()
     if kwargs["n_neighbors"] != o.umap_neighbors:
         result.notes.append(f"UMAP: n_neighbors lowered to {kwargs['n_neighbors']} (only {len(ctx.rows)} crops)")
+    fit = ctx.umap_rows()  # every crop, or the seeded subsample the UMAPs are fit on
+    families, fovs, vectors = families[fit], ctx.fovs[fit], ctx.vectors[fit]
     seeds = list(range(o.seed, o.seed + o.umap_seeds))  # the first is the atlas map's seed
     values = np.array([scoring.clustering_score(ctx.umap(s), families) for s in
                        tqdm(seeds, desc="UMAP clustering scores", unit="umap", disable=not o.progress)])
     sd = float(values.std(ddof=1)) if len(values) > 1 else None
     keep = ctx.annotated(families)
-    xy = ctx.atlas_xy()
+    xy = ctx.umap(ctx.atlas_seed)
 
     def on_map(positions: np.ndarray) -> float:
         return scoring.clustering_score(xy[positions], families[positions])
 
-    low, high, fields = interval_of(ctx, on_map, ctx.fovs)
+    low, high, fields = interval_of(ctx, on_map, fovs)
+    subset = f", {len(fit)} of {len(ctx.rows)} crops" if len(fit) < len(ctx.rows) else ""
     result.scores.append(Score(
         "clustering.umap", "clustering score (UMAP)", float(values.mean()),
         f"localization families on {len(seeds)} UMAP{'s' if len(seeds) > 1 else ''} of the global embedding "
-        f"({len(largest(families))} families; +- sd over UMAP seeds)", low, high,
+        f"({len(largest(families))} families{subset}; +- sd over UMAP seeds)", low, high,
         interval=f"95% CI on the seed-{ctx.atlas_seed} map, bootstrap over fields of view", sd=sd,
         chance=None, n=int(keep.sum()), groups=fields, digits=2))
     raw, raw_ci = None, (None, None, None)
     try:
-        raw = scoring.clustering_score(ctx.vectors, families)
-        raw_ci = interval_of(ctx, lambda p: scoring.clustering_score(ctx.vectors[p], families[p]), ctx.fovs,
+        raw = scoring.clustering_score(vectors, families)
+        raw_ci = interval_of(ctx, lambda p: scoring.clustering_score(vectors[p], families[p]), fovs,
                              n_boot=RAW_BOOTSTRAP)
     except AnalysisInputError as e:  # a collapsed codebook: identical vectors, class radii 0
         result.notes.append(f"clustering score (raw): undefined here ({e})")
     result.scores.append(Score("clustering.raw", "clustering score (raw)", raw,
-                               "same score on the raw global embedding", raw_ci[0], raw_ci[1],
+                               f"same score on the raw global embedding{subset}", raw_ci[0], raw_ci[1],
                                interval=f"95% CI, {min(o.bootstrap, RAW_BOOTSTRAP)} bootstrap resamples of fields of "
                                "view", n=int(keep.sum()), groups=raw_ci[2]))
     result.details["clustering_score"] = {
         "umap": {"mean": float(values.mean()), "sd": sd or 0.0, "scores": [float(v) for v in values],
-                 "seeds": seeds, "atlas_seed": ctx.atlas_seed, **kwargs},
+                 "seeds": seeds, "atlas_seed": ctx.atlas_seed, "fit_crops": int(len(fit)), **kwargs},
         "raw": raw, "families": largest(families), "excluded": [c for c in scoring.NON_CLASSES if c],
     }
     return result
