@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     logging.getLogger("cytoself_jax").setLevel(logging.INFO)
     from cytoself_jax.analysis.report import eval_command
+    from cytoself_jax.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # as eval.py: the run's programs compiled once, then loaded
 
     options = options_from_args(args, split="all", by_field=False, data=args.data, progress=not args.quiet,
                                 fit="center-crop" if args.center_crop else ("resize" if args.resize else ""))

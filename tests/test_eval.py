@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_config
 from cytoself_jax.analysis.h5ad import store_rows
 from cytoself_jax.analysis import interpret
+from cytoself_jax.analysis.scores import classifier_ranks
 from cytoself_jax.analysis.embed import extract
 from cytoself_jax.analysis.evaluators.codebooks import codebook_usage
 from cytoself_jax.analysis.report import EvalError, EvalOptions, run_eval
@@ -96,11 +97,12 @@ def test_embed_and_full_pass_match_a_plain_forward_with_a_partial_last_batch(tin
     rows = rng.permutation(96)[:21]  # any order; 21 = 2 batches of 8 + 5 padded to 8 on the 8 devices
     assert jax.device_count() == 8
     emb = extract(model, variables, store, rows, channels=CHANNELS, batch_size=8, full=False, progress=False)
+    labels = np.arange(21) % 5 - 1  # -1: a protein the run does not know
     full = extract(model, variables, store, rows, channels=CHANNELS, batch_size=8, full=True, reconstruct=[20, 0, 7],
-                   progress=False)
+                   labels=labels, progress=False)
     np.testing.assert_array_equal(emb.index, rows)
     np.testing.assert_array_equal(full.index, rows)
-    assert emb.logits is None and emb.squared_error is None
+    assert emb.class_ranks is None and emb.squared_error is None
 
     source = StoreSource(store, rows, CHANNELS)
     images = np.stack([source[i]["image"] for i in range(len(rows))])
@@ -116,8 +118,13 @@ def test_embed_and_full_pass_match_a_plain_forward_with_a_partial_last_batch(tin
     hist = np.stack([np.bincount(i.ravel(), minlength=model.spec.vq_local.num_codes) for i in ref.vq_local.indices])
     np.testing.assert_array_equal(emb.local_histograms, hist)
     assert np.all(emb.local_histograms.sum(axis=1) == positions)
-    for level in model.spec.heads:
-        chex.assert_trees_all_close(full.logits[level], np.asarray(ref.logits[level]), atol=1e-4)
+    for level in model.spec.heads:  # ranked on the device as classifier_ranks ranks the plain forward's logits
+        expected = classifier_ranks(np.asarray(ref.logits[level]), labels)
+        np.testing.assert_array_equal(full.class_ranks[level], expected)
+    assert (full.class_ranks[level][labels == -1] == ref.logits[level].shape[1]).all()
+    assert len(set(full.class_ranks[level][labels >= 0])) > 1
+    with pytest.raises(ValueError, match="extract: labels: expected 21 class ids with full=True"):
+        extract(model, variables, store, rows, channels=CHANNELS, batch_size=8, full=True, progress=False)
     mse = ((np.asarray(ref.reconstruction, np.float64) - images) ** 2).mean(axis=(1, 2))
     np.testing.assert_allclose(full.squared_error, mse, rtol=1e-4, atol=1e-7)
     chex.assert_trees_all_close(full.reconstructions, np.asarray(ref.reconstruction)[[20, 0, 7]], atol=1e-5)

@@ -1,5 +1,6 @@
 """Streamed, jitted, data-parallel passes of a trained model over crops of a store: the embeddings (encoders and
-quantizers only) or, with full=True, also the classifier logits and per-crop reconstruction errors.
+quantizers only) or, with full=True, also each classifier head's rank of the true protein and per-crop
+reconstruction errors.
 
 Batches come from the eval pipeline (store order, no augmentation) or, for crops in memory, from the same
 normalization applied to the array, are split over every local device along the
@@ -18,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from cytoself_jax.analysis.scores import pessimistic_ranks
 from cytoself_jax.data.pipeline import make_dataset, normalize_crop
 from cytoself_jax.data.store import CropStore
 from cytoself_jax.imaging.fit import Fit
@@ -33,7 +35,9 @@ class SplitOutputs:
     global_indices: (N, h2, w2, S2) int32 and local_indices: (N, h1, w1, S1) int32, the code indices;
     local_histograms: (N, K1) int32, per-crop counts of each local code (sum h1*w1*S1 per row).
     With local_vectors=True only: local_vectors (N, h1, w1, D1) float32, the local quantized representation.
-    With full=True only: logits, head level -> (N, num_classes) float32; squared_error: (N, C) float32, the
+    With full=True only: class_ranks, head level -> (N,) int32, how many other classes the head scores >= the
+    crop's protein (scores.classifier_ranks' rule; num_classes for a protein the run does not know: ranked on the
+    device, so no (N, num_classes) logits are kept); squared_error: (N, C) float32, the
     per-channel mean over pixels of (reconstruction - input)^2 on normalized images; reconstructions:
     (len(reconstruct), H, W, C) float32 of the crops asked for with `reconstruct` (see extract).
     """
@@ -44,7 +48,7 @@ class SplitOutputs:
     local_indices: np.ndarray
     local_histograms: np.ndarray
     local_vectors: np.ndarray | None = None
-    logits: dict[str, np.ndarray] | None = None
+    class_ranks: dict[str, np.ndarray] | None = None
     squared_error: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
 
@@ -55,7 +59,7 @@ class SplitOutputs:
 def _embed_fn(model, full: bool, local_vectors: bool = False):
     num_local_codes = model.spec.vq_local.num_codes
 
-    def embed(variables: Any, images: jax.Array) -> dict:
+    def embed(variables: Any, images: jax.Array, labels: jax.Array) -> dict:
         if full:
             out = model.apply(variables, images, train=False)
             vq_local, vq_global = out.vq_local, out.vq_global
@@ -71,7 +75,8 @@ def _embed_fn(model, full: bool, local_vectors: bool = False):
         if local_vectors:
             result["local_vectors"] = vq_local.quantized.astype(jnp.float32)
         if full:
-            result["logits"] = {level: v.astype(jnp.float32) for level, v in out.logits.items()}
+            result["class_ranks"] = {level: pessimistic_ranks(v.astype(jnp.float32), labels, xp=jnp)
+                                     for level, v in out.logits.items()}
             result["squared_error"] = jnp.mean((out.reconstruction - images.astype(jnp.float32)) ** 2, axis=(1, 2))
             result["reconstruction"] = out.reconstruction  # left on the device unless asked for
         return result
@@ -89,6 +94,7 @@ def extract(
     batch_size: int = 256,
     full: bool = False,
     reconstruct: Sequence[int] = (),
+    labels: np.ndarray | None = None,
     local_vectors: bool = False,
     fit: Fit | None = None,
     mesh: Mesh | None = None,
@@ -101,8 +107,10 @@ def extract(
 
     batch_size is the global batch, rounded up to a multiple of the devices of `mesh` (default: a 1-D mesh of
     all local devices). full=False runs model.embed only; full=True runs the whole forward pass (decoders and
-    heads) to add logits and reconstruction errors, and the reconstructions of the crops at positions
-    `reconstruct` (into rows; a few examples: the others never leave the devices). local_vectors=True also
+    heads) to add each head's rank of the true class of `labels` ((N,) class ids of the rows in the run's
+    classifier, -1 for a protein it does not know; required with full=True) and reconstruction errors, and the
+    reconstructions of the crops at positions `reconstruct` (into rows; a few examples: the others never leave
+    the devices). local_vectors=True also
     returns the local quantized vectors (large: keep it for small sets). `fit` maps each raw crop to the model's
     size first (imaging.fit.Fit). Single host: every device must be addressable.
     """
@@ -112,7 +120,7 @@ def extract(
     size = fit.size if fit is not None else store.image_shape[:2]
     batches = make_dataset(store, rows, channels=channels, batch_size=batch, train=False, drop_remainder=False,
                            num_workers=num_workers, prefetch=prefetch, fit=fit)
-    return _run(model, variables, batches, rows, (*size, len(channels)), batch, mesh, full, reconstruct,
+    return _run(model, variables, batches, rows, (*size, len(channels)), batch, mesh, full, reconstruct, labels,
                 local_vectors, progress, desc)
 
 
@@ -144,7 +152,7 @@ def extract_arrays(
                    "index": np.arange(start, start + len(chunk))}
 
     return _run(model, variables, batches(), np.arange(len(images)), (*size, len(channels)), batch, mesh, False, (),
-                local_vectors, progress, desc)
+                None, local_vectors, progress, desc)
 
 
 def _global_batch(batch_size: int, mesh: Mesh) -> int:
@@ -153,11 +161,16 @@ def _global_batch(batch_size: int, mesh: Mesh) -> int:
 
 
 def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shape: tuple[int, int, int], batch: int,
-         mesh: Mesh, full: bool, reconstruct: Sequence[int], local_vectors: bool, progress: bool,
-         desc: str) -> SplitOutputs:
+         mesh: Mesh, full: bool, reconstruct: Sequence[int], labels: np.ndarray | None, local_vectors: bool,
+         progress: bool, desc: str) -> SplitOutputs:
     """The jitted, sharded pass over batches of normalized crops whose 'index' runs through rows in order."""
     fn = _embed_fn(model, full, local_vectors)
-    shapes = jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32))
+    if full and (labels is None or np.shape(labels) != rows.shape):
+        raise ValueError(f"extract: labels: expected {len(rows)} class ids with full=True, got "
+                         f"{None if labels is None else np.shape(labels)}")
+    labels = np.full(len(rows), -1, np.int32) if labels is None else np.asarray(labels, np.int32)
+    shapes = jax.eval_shape(fn, variables, jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32),
+                            jax.ShapeDtypeStruct((batch,), jnp.int32))
     # Host buffers for the whole pass, filled batch by batch.
     rec_shape = shapes.pop("reconstruction", None)
     buffers = jax.tree.map(lambda s: np.empty((len(rows), *s.shape[1:]), s.dtype), shapes)
@@ -165,8 +178,8 @@ def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shap
     if len(keep) and (not full or keep.min() < 0 or keep.max() >= len(rows)):
         raise ValueError(f"extract: reconstruct: expected positions in [0, {len(rows)}) with full=True, got {keep}")
     reconstructions = np.empty((len(keep), *rec_shape.shape[1:]), np.float32) if full else None
-    step = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
-                   out_shardings=mesh_lib.batch_sharding(mesh))
+    step = jax.jit(fn, in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh),
+                                     mesh_lib.batch_sharding(mesh)), out_shardings=mesh_lib.batch_sharding(mesh))
     placed = mesh_lib.replicate(variables, mesh)
 
     def collect(pending: tuple[int, int, Any]) -> None:
@@ -184,10 +197,12 @@ def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shap
             count = len(data["index"])
             if not np.array_equal(data["index"], rows[offset:offset + count]):
                 raise RuntimeError(f"extract: the pipeline returned rows out of order at position {offset}")
-            images = data["image"]
+            images, batch_labels = data["image"], labels[offset:offset + count]
             if count < batch:
                 images = np.concatenate([images, np.zeros((batch - count, *images.shape[1:]), images.dtype)])
-            out = step(placed, mesh_lib.shard_batch({"image": images}, mesh)["image"])
+                batch_labels = np.concatenate([batch_labels, np.full(batch - count, -1, np.int32)])
+            sharded = mesh_lib.shard_batch({"image": images, "label": batch_labels}, mesh)
+            out = step(placed, sharded["image"], sharded["label"])
             if pending is not None:
                 collect(pending)  # the previous batch's results, read while this one runs
             pending = (offset, count, out)

@@ -194,7 +194,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         examples = example_rows(proteins, families, EXAMPLES, o.seed)
         config_batch = o.batch_size or config.train.eval_batch_size
         started = time.perf_counter()
-        outputs = extract(run.model, run.variables, store, rows, full=True, reconstruct=examples,
+        outputs = extract(run.model, run.variables, store, rows, full=True, reconstruct=examples, labels=classes,
                           desc=f"{o.split} crops", channels=run.channels, batch_size=config_batch,
                           num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress,
                           fit=fit)

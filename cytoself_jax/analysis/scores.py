@@ -103,15 +103,16 @@ def classifier_ranks(logits, labels) -> np.ndarray:
                    f"dtype {labels.dtype}")
     if labels.min(initial=0) < -1 or labels.max(initial=0) >= scores.shape[1]:
         raise fail(where, "labels", f"expected values in [0, {scores.shape[1]}) (or -1 for unknown)")
-    return _pessimistic_ranks(scores, labels)
+    return pessimistic_ranks(scores, labels)
 
 
-def _pessimistic_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per row, how many other classes score >= the true class; len(row) for an unknown label (-1)."""
+def pessimistic_ranks(scores, labels, xp=np):
+    """Per row of scores (N, C), how many other classes score >= the true class; C for an unknown label (-1).
+    xp: numpy, or jax.numpy inside a jitted pass (the eval pass ranks on the device instead of keeping logits)."""
     known = labels >= 0
-    true = scores[np.arange(len(scores)), np.where(known, labels, 0)]
-    ranks = np.sum(scores >= true[:, None], axis=1) - 1
-    return np.where(known, ranks, scores.shape[1])
+    true = xp.take_along_axis(scores, xp.where(known, labels, 0)[:, None], axis=1)
+    ranks = xp.sum(scores >= true, axis=1) - 1
+    return xp.where(known, ranks, scores.shape[1])
 
 
 def knn_neighbour_labels(
@@ -155,7 +156,7 @@ def knn_ranks(
     test_labels = as_labels(test_labels, len(ids), where, "test_labels")
     pos = np.searchsorted(classes, test_labels).clip(max=len(classes) - 1)
     test_ids = np.where(classes[pos] == test_labels, pos, -1)
-    return np.concatenate([_pessimistic_ranks(knn_votes(ids[i:i + batch_size], len(classes)),
+    return np.concatenate([pessimistic_ranks(knn_votes(ids[i:i + batch_size], len(classes)),
                                               test_ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)])
 
 

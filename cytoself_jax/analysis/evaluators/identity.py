@@ -15,8 +15,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     known = ctx.class_ids >= 0
     result = Evaluation(details={"chance": chance})
     heads = {}
-    for level, logits in sorted((out.logits or {}).items()):
-        ranks = scoring.classifier_ranks(logits, ctx.class_ids)
+    for level, ranks in sorted((out.class_ranks or {}).items()):  # ranked in the pass (classifier_ranks' rule)
         heads[level] = {}
         for k in (1, 5):
             hits = (ranks < k).astype(np.float64)
