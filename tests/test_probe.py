@@ -121,6 +121,26 @@ def test_settings_are_chosen_on_validation_as_a_slow_grid_search_would(pixels):
     np.testing.assert_array_equal(fitted.classes, ["a", "b", "c"])
 
 
+
+def test_parallel_paths_fit_exactly_what_one_process_fits(monkeypatch):
+    # The pixel side's paths (one per number of components) run in worker processes when there are several cores:
+    # the chosen settings and the fitted weights are those of the same paths run one after the other here.
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=0.5, size=(4, 60))
+    y = np.repeat(list("abcd"), 25)
+    train_x, val_x = (centres[np.searchsorted(list("abcd"), y)] + rng.normal(size=(100, 60)) for _ in range(2))
+    calls = []
+    monkeypatch.setattr("joblib.cpu_count", lambda: 2)  # worker processes even on a one-core machine
+    parallel = probe.fit_probe(train_x, y, val_x, y, pixels=True)
+    monkeypatch.setattr(probe, "_parallel", lambda fn, args: calls.append(len(args)) or [fn(*a) for a in args])
+    serial = probe.fit_probe(train_x, y, val_x, y, pixels=True)
+    assert calls == [len({min(k, 60) for k in probe.PCA_GRID})]  # components capped at the 60 features
+    assert (parallel.C, parallel.pca_components, parallel.val_macro_f1) == \
+        (serial.C, serial.pca_components, serial.val_macro_f1)
+    np.testing.assert_array_equal(parallel.classifier.coef_, serial.classifier.coef_)
+    np.testing.assert_array_equal(parallel.predict(val_x), serial.predict(val_x))
+    assert probe._parallel(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
+
 def test_score_predictions_against_sklearn_with_intervals_and_chance():
     from sklearn.metrics import balanced_accuracy_score, f1_score
 

@@ -119,8 +119,6 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
     the last (the same optimum: the problem is convex), and a path stops after C_PATIENCE values in a row that do
     not beat its best (weaker regularization past the best overfits more and needs the most iterations)."""
     from sklearn.decomposition import PCA
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     where = "fit_probe"
@@ -146,26 +144,50 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
     pca = PCA(max(grid_k), random_state=seed).fit(z_train) if pixels else None
     p_train = pca.transform(z_train) if pixels else z_train
     p_val = (pca.transform(scaler.transform(val_x)) if pixels else scaler.transform(val_x)) if has_val else None
-    best = None
-    for k in grid_k:
-        classifier = LogisticRegression(max_iter=GRID_MAX_ITER, warm_start=True)
-        path_best, worse = -math.inf, 0
-        for c in grid_c:
-            with warnings.catch_warnings():  # a large C may stop at max_iter; the validation score judges it
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                classifier.set_params(C=c).fit(p_train[:, :k], train_y)
-            score = _macro_f1(val_y, classifier.predict(p_val[:, :k])) if has_val else math.nan
-            if best is None or score > best[0]:
-                best = (score, c, k, copy.deepcopy(classifier))
-            # weaker regularization past the path's best only overfits more, and costs the most iterations
-            worse = 0 if score > path_best else worse + 1
-            path_best = max(path_best, score)
-            if worse >= C_PATIENCE:
-                break
-    score, c, k, classifier = best
+    # Each number of components is its own path along C (warm-started fits), independent of the others: the paths
+    # run in parallel worker processes; the best is the first maximum in (components, C) order either way.
+    paths = [(p_train[:, :k], p_val[:, :k] if has_val else None, k) for k in grid_k]
+    found = _parallel(_c_path, [(x, train_y, v, val_y, grid_c, k) for x, v, k in paths])
+    score, c, k, classifier = max(found, key=lambda f: f[0])  # the first of equal scores: fewer components
     return LinearProbe(scaler=scaler, pca=pca, classifier=classifier, C=c, pca_components=k,
                        selected_on="val" if has_val else "defaults", val_macro_f1=score)
 
+
+
+def _c_path(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
+            grid_c: Sequence[float], k: int | None) -> tuple[float, float, int | None, Any]:
+    """(validation macro-F1, C, k, fitted classifier) of the best C along one path of fit_probe: C from small to
+    large, each fit starting from the last, stopping after C_PATIENCE values in a row that do not beat the path's
+    best; ties go to the smaller C. Without validation data the one C is fitted and scored NaN."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    classifier = LogisticRegression(max_iter=GRID_MAX_ITER, warm_start=True)
+    best, worse = None, 0
+    for c in grid_c:
+        with warnings.catch_warnings():  # a large C may stop at max_iter; the validation score judges it
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier.set_params(C=c).fit(train_x, train_y)
+        score = _macro_f1(val_y, classifier.predict(val_x)) if val_x is not None else math.nan
+        if best is None or score > best[0]:
+            best, worse = (score, c, k, copy.deepcopy(classifier)), 0
+        else:  # weaker regularization past the path's best only overfits more, and costs the most iterations
+            worse += 1
+            if worse >= C_PATIENCE:
+                break
+    return best
+
+
+def _parallel(fn: Callable, argument_lists: list[tuple]) -> list:
+    """[fn(*args) for args in argument_lists], in worker processes (one per core, at most one per task) when there
+    are several tasks and cores; the same results in the same order as the plain loop."""
+    from joblib import Parallel, cpu_count, delayed
+
+    workers = min(len(argument_lists), cpu_count())  # joblib's count respects CPU affinity and cgroup quotas
+    if workers < 2:
+        return [fn(*args) for args in argument_lists]
+
+    return Parallel(n_jobs=workers)(delayed(fn)(*args) for args in argument_lists)
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
