@@ -34,7 +34,8 @@ LABELS = {"embed": "embed (read + normalise + model, one pass)", "clustering": "
           "interactive_atlas": "interactive_atlas (HTML)", "embeddings_h5ad": "embeddings_h5ad (h5ad)"}
 CAPS = {"knn_max_train": "kNN reference crops (eval only: the embed command has no train split)",
         "map_max_crops": "retrieval's mAP crops", "probe_max_crops": "linear_probe, unseen_proteins crops",
-        "atlas_thumbnails": "interactive_atlas thumbnails", "umap_max_crops": "clustering's UMAP fits (the atlas "
+        "atlas_thumbnails": "interactive_atlas thumbnails", "atlas_max_points": "interactive_atlas crops drawn as "
+        "points (a density image shows all)", "umap_max_crops": "clustering's UMAP fits (the atlas "
         "places the other crops by transform)"}
 
 

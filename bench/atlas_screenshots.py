@@ -32,7 +32,7 @@ def build(store_path: Path, html: Path, crops: int = 1500) -> pd.DataFrame:
     table = store.table.iloc[rows].reset_index(drop=True)[["protein", "family", "fov"]]
     table["split"] = "all"
     proteins = table["protein"].to_numpy()
-    thumbs, note = thumbnails.crop_thumbnails(images, atlas_html.thumbnail_rows(proteins, 400), proteins,
+    thumbs, note = thumbnails.crop_thumbnails(images, atlas_html.protein_subsample(proteins, 400), proteins,
                                               store.channels, pixel_size_um=0.2)
     names, profiles = neighbours.protein_profiles(small, proteins)
     near = neighbours.nearest_proteins(profiles, names, n=5)

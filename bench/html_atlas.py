@@ -1,7 +1,8 @@
 """Size and opening time of the interactive atlas (atlas.html) at many points, in headless chromium.
 
 Draws N synthetic points (families, proteins, fields, random crops as thumbnails), writes the atlas with
-cytoself_jax.analysis.atlas_html, opens it `--repeats` times in headless chromium and records the time from
+cytoself_jax.analysis.atlas_html (above --max-points, eval's default cap, a subsample drawn as points over a density
+image of all), opens it `--repeats` times in headless chromium and records the time from
 navigation to the plot being drawn. With --bokeh, the same points as a bokeh WebGL scatter (per-family legend
 toggles, hover tool, BokehJS inlined) for the library comparison. Prints a table and writes JSON.
 
@@ -23,6 +24,7 @@ import pandas as pd
 
 import benchlib
 from cytoself_jax.analysis import atlas_html, thumbnails
+from cytoself_jax.analysis.options import EvalOptions
 
 PLOTLY_DRAWN = ("const g = document.getElementById('atlas');"
                 " return !!(g && g.dataset.ready && g._fullLayout && g._fullData && g._fullData.length);")
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--proteins", type=int, default=1300)
     parser.add_argument("--families", type=int, default=12)
     parser.add_argument("--thumbnails", type=int, default=2000, help="crops with their own thumbnail")
+    parser.add_argument("--max-points", type=int, default=EvalOptions().atlas_max_points,
+                        help="crops drawn as points (eval's --atlas_max_points); above, a density image of all")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bokeh", action="store_true", help="also measure the bokeh equivalent")
     parser.add_argument("--out", default=None)
@@ -179,21 +183,23 @@ def main() -> None:
     start = time.perf_counter()
     thumbs = {int(r): thumbnails.composite_png(rng.gamma(2.0, size=(64, 64)), (0.0, 8.0), rng.gamma(2.0, size=(64, 64)),
                                                (0.0, 8.0), bar_um=5, pixel_size_um=0.2)
-              for r in atlas_html.thumbnail_rows(table["protein"].to_numpy(), args.thumbnails)}
+              for r in atlas_html.protein_subsample(table["protein"].to_numpy(), args.thumbnails)}
     folder = Path(tempfile.mkdtemp(prefix="html_atlas-"))
-    info = atlas_html.write_atlas_html(folder / "atlas.html", xy, table, thumbs)
+    info = atlas_html.write_atlas_html(folder / "atlas.html", xy, table, thumbs, max_points=args.max_points)
     write_s = time.perf_counter() - start
     driver = headless_chromium()
     if driver is None:
         raise benchlib.BenchError("no chromium/chromedriver on PATH (apt-get install chromium chromium-driver)")
     try:
-        rows = [{"library": "plotly (ours)", "points": args.points, "thumbnails": info["thumbnails"],
+        rows = [{"library": "plotly (ours)", "points": args.points, "drawn_points": info["drawn_points"],
+                 "thumbnails": info["thumbnails"],
                  "mb": info["bytes"] / 1e6, "write_s": write_s,
                  "open_s": open_times(driver, folder / "atlas.html", PLOTLY_DRAWN, args.repeats)}]
         if args.bokeh:
             start = time.perf_counter()
             write_bokeh(folder / "bokeh.html", xy, table)
-            rows.append({"library": "bokeh (no thumbnails)", "points": args.points, "thumbnails": 0,
+            rows.append({"library": "bokeh (no thumbnails)", "points": args.points, "drawn_points": args.points,
+                         "thumbnails": 0,
                          "mb": (folder / "bokeh.html").stat().st_size / 1e6, "write_s": time.perf_counter() - start,
                          "open_s": open_times(driver, folder / "bokeh.html", BOKEH_DRAWN, args.repeats)})
     finally:
@@ -202,8 +208,9 @@ def main() -> None:
     for r in rows:
         r["open_s_median"] = statistics.median(r["open_s"])
     benchlib.print_table(f"Interactive atlas at {args.points} points (headless chromium, software WebGL)",
-                         ["library", "thumbnails", "file MB", "write s", "open s (median)"],
-                         [[r["library"], r["thumbnails"], r["mb"], r["write_s"], r["open_s_median"]] for r in rows])
+                         ["library", "drawn points", "thumbnails", "file MB", "write s", "open s (median)"],
+                         [[r["library"], r["drawn_points"], r["thumbnails"], r["mb"], r["write_s"], r["open_s_median"]]
+                          for r in rows])
     benchlib.write_json({"rows": rows, "load_average": list(os.getloadavg()),
                          "command": "python bench/html_atlas.py " + " ".join(sys.argv[1:])}, args.out)
 

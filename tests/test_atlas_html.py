@@ -31,7 +31,7 @@ def small_atlas(n_per_family: int = 6):
     table = pd.DataFrame({"protein": proteins, "family": families, "fov": [f"field{i % 4}" for i in range(len(xy))],
                           "leiden": [str(i % 3) for i in range(len(xy))], "split": "test"})
     images = rng.random((len(xy), 20, 20, 2)).astype(np.float32)
-    rows = atlas_html.thumbnail_rows(proteins, max_thumbnails=8, seed=0)
+    rows = atlas_html.protein_subsample(proteins, max_rows=8, seed=0)
     thumbs, note = thumbnails.crop_thumbnails(images, rows, proteins, ("protein", "nucleus"), pixel_size_um=0.5)
     near = {p: [(q, 0.9 - 0.1 * k) for k, q in enumerate(sorted(set(proteins) - {p})[:3])] for p in set(proteins)}
     return xy, table, thumbs, note, near
@@ -70,11 +70,69 @@ def test_composite_thumbnails_contrast_and_scale_bar():
     assert thumbnails.counterstain_channel(("protein", "distance", "nucleus")) == "nucleus"
 
 
-def test_thumbnail_rows():
+def test_protein_subsample():
     proteins = np.array(list("aaabbbbbbc"))
-    rows = atlas_html.thumbnail_rows(proteins, max_thumbnails=5, seed=1)
+    rows = atlas_html.protein_subsample(proteins, max_rows=5, seed=1)
     assert len(rows) == 5 and {proteins[r] for r in rows} == {"a", "b", "c"} and np.all(np.diff(rows) > 0)
-    assert len(atlas_html.thumbnail_rows(proteins, max_thumbnails=1)) == 3  # one per protein at least
+    assert len(atlas_html.protein_subsample(proteins, max_rows=1)) == 3  # one per protein at least
+    # Drawn points: the kept rows (the thumbnails') stay; a protein they cover gets no extra representative.
+    drawn = atlas_html.protein_subsample(proteins, max_rows=6, seed=2, keep=[1, 5])
+    assert len(drawn) == 6 and {1, 5, 9} <= set(drawn)
+    assert list(atlas_html.protein_subsample(proteins, max_rows=3, keep=[1, 5])) == [1, 5, 9]
+    assert np.array_equal(drawn, atlas_html.protein_subsample(proteins, max_rows=6, seed=2, keep=[1, 5]))
+
+
+def test_density_layer_counts_every_point_and_is_drawn_top_down():
+    rng = np.random.default_rng(0)
+    xy = np.concatenate([rng.normal(size=(5000, 2)), [[2.9, 2.9]] * 1000]).astype(np.float32)  # a pile top right
+    counts = atlas_html.density_counts(xy, (-3.0, 3.0), (-3.0, 3.0), bins=12)
+    inside = np.all(np.abs(xy) <= 3, axis=1)
+    cells = np.minimum(((xy[inside] + 3) / 6 * 12).astype(int), 11)  # numpy reference: cell of each point
+    reference = np.zeros((12, 12))
+    np.add.at(reference, (cells[:, 0], cells[:, 1]), 1)
+    assert counts.sum() == inside.sum() and np.array_equal(counts, reference)
+    pixels = png_pixels(atlas_html.density_png(counts))  # (rows = y from the top, columns = x, grey + alpha)
+    assert pixels.shape == (12, 12, 2)
+    assert np.array_equal(pixels[..., 1] > 0, counts.T[::-1] > 0)  # transparent exactly where no point falls
+    assert pixels[0, -1, 0] == pixels[..., 0].min()  # the pile is the darkest cell, top right
+
+
+def capped_atlas(n: int = 3000, max_points: int = 500):
+    """n synthetic crops of 40 proteins (bench/html_atlas.py's), 60 of them with a thumbnail, drawn above a cap."""
+    xy, table = html_atlas.synthetic_points(n, 40, 5)
+    proteins = table["protein"].to_numpy()
+    uri = thumbnails.composite_png(np.ones((8, 8)), (0.0, 2.0))
+    thumbs = {int(r): uri for r in atlas_html.protein_subsample(proteins, 60, seed=3)}
+    return xy, table, thumbs
+
+
+def page_meta(path: Path) -> dict:
+    import json
+
+    text = path.read_text()
+    start = text.index('id="atlas-meta">') + len('id="atlas-meta">')
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def test_capped_atlas_draws_a_subsample_over_the_density_of_all(tmp_path):
+    xy, table, thumbs = capped_atlas()
+    info = atlas_html.write_atlas_html(tmp_path / "atlas", xy, table, thumbs, max_points=500, seed=1,
+                                       provenance={"run": "runs/x"})
+    assert info["points"] == 3000 and info["drawn_points"] == 500 and info["thumbnails"] == 60
+    meta, page = page_meta(tmp_path / "atlas.html"), (tmp_path / "atlas.html").read_text()
+    crops = np.frombuffer(base64.b64decode(meta["crop_rows"]), np.int32)
+    assert meta["n"] == 500 and len(crops) == 500 and np.all(np.diff(crops) > 0)
+    assert list(crops[meta["thumb_rows"]]) == sorted(thumbs)  # thumbnailed crops are drawn, found by position
+    assert np.array_equal(np.frombuffer(base64.b64decode(meta["x"]), np.float32), xy[crops, 0])
+    assert sorted(meta["protein_crops"]) == sorted(table["protein"].value_counts())
+    assert meta["density"]["x"] == meta["range"]["x"][0] and meta["density"]["y"] == meta["range"]["y"][1]
+    assert "<b>500 of 3,000 crops drawn as points</b>" in page and "<dt>atlas_points_drawn</dt><dd>500</dd>" in page
+    # Below the cap: every crop drawn, no density layer, no note.
+    info = atlas_html.write_atlas_html(tmp_path / "all", xy, table, thumbs, max_points=3000)
+    meta = page_meta(tmp_path / "all.html")
+    assert info["drawn_points"] == 3000 and meta["n"] == 3000 and meta["thumb_rows"] == sorted(thumbs)
+    assert not {"density", "crop_rows", "protein_crops"} & set(meta)
+    assert "density-note" not in (tmp_path / "all.html").read_text()
 
 
 def test_write_atlas_html_is_self_contained_and_private(tmp_path):
@@ -82,7 +140,8 @@ def test_write_atlas_html_is_self_contained_and_private(tmp_path):
     info = atlas_html.write_atlas_html(tmp_path / "atlas", xy, table, thumbs, title="a <test>", neighbours=near,
                                        provenance={"run": "runs/x", "umap_seed": 0})
     html = (tmp_path / "atlas.html").read_text()
-    assert info == {"points": 18, "thumbnails": len(thumbs), "bytes": (tmp_path / "atlas.html").stat().st_size}
+    assert info == {"points": 18, "drawn_points": 18, "thumbnails": len(thumbs),
+                    "bytes": (tmp_path / "atlas.html").stat().st_size}
     assert "<script src=" not in html and "a &lt;test&gt;" in html and "<dt>umap_seed</dt>" in html
     assert "connect-src 'none'" in html  # the page's content security policy forbids requests
     assert atlas_html.PLOTLY_CONFIG["showSendToCloud"] is False and atlas_html.PLOTLY_CONFIG["plotlyServerURL"] == ""
@@ -142,6 +201,7 @@ def test_atlas_page_in_chromium(tmp_path, browser):
     height = browser.execute_script(GD + " return [g.getBoundingClientRect().height, window.innerHeight];")
     assert height[1] - 40 <= height[0] <= height[1]
     assert browser.execute_script(GD + " return g._context.scrollZoom;") is False
+    assert browser.execute_script(GD + " return g._fullLayout.images.length;") == 0  # below the cap: no density layer
 
     # Drawn: the plot area of a screenshot holds the family colours (an empty plot is white and grey only).
     left, top, w, h = browser.execute_script(
@@ -215,5 +275,61 @@ def test_atlas_page_in_chromium(tmp_path, browser):
     assert csv[0] == "crop,protein,family,field,leiden,split,umap_1,umap_2" and len(csv) == 7
     assert {int(line.split(",")[0]) for line in csv[1:]} == set(range(6))
     assert browser.find_element(By.ID, "save-selection").is_displayed()
+    assert html_atlas.network_requests(browser) == []
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_capped_atlas_in_chromium(tmp_path, browser):
+    """3,000 crops above a cap of 500: exactly 500 points drawn, every protein among them, the density image of all
+    beneath them aligned with the axes (also when zoomed), the note shown, search and CSV on crop rows."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    xy, table, thumbs = capped_atlas()
+    atlas_html.write_atlas_html(tmp_path / "atlas", xy, table, thumbs, max_points=500)
+    crops = np.frombuffer(base64.b64decode(page_meta(tmp_path / "atlas.html")["crop_rows"]), np.int32)
+    html_atlas.network_requests(browser)
+    browser.get((tmp_path / "atlas.html").as_uri())
+    wait_for(browser, html_atlas.PLOTLY_DRAWN)
+    drawn = browser.execute_script(GD + " const t = g.data.filter(t => t.name !== 'search');"
+                                   " return [t.reduce((s, t) => s + t.customdata.length, 0), [...new Set(t.flatMap(t => t.text))]];")
+    assert drawn[0] == 500 and sorted(drawn[1]) == sorted(set(table["protein"]))
+    note = browser.find_element(By.ID, "density-note")
+    assert note.is_displayed() and "500 of 3,000 crops drawn as points" in note.text and "all 3,000" in note.text
+
+    # The density image: one layout image in data coordinates over the data range, drawn where the axes say.
+    image = browser.execute_script(GD + " return g._fullLayout.images;")
+    assert len(image) == 1 and image[0]["source"].startswith("data:image/png;base64,")
+    assert {k: image[0][k] for k in ("xref", "yref", "sizing", "layer")} == {"xref": "x", "yref": "y",
+                                                                           "sizing": "stretch", "layer": "below"}
+    placed = GD + (" const L = g._fullLayout, i = L.images[0], b = g.querySelector('svg image').getBoundingClientRect(),"
+                   " r = g.getBoundingClientRect(); return [b.left - r.left - L._size.l - L.xaxis.l2p(i.x),"
+                   " b.top - r.top - L._size.t - L.yaxis.l2p(i.y), b.width - L.xaxis.l2p(i.x + i.sizex) + L.xaxis.l2p(i.x),"
+                   " b.height - L.yaxis.l2p(i.y - i.sizey) + L.yaxis.l2p(i.y)];")
+    assert np.abs(browser.execute_script(placed)).max() < 1.5
+    assert image[0]["x"] < xy[:, 0].min() and image[0]["x"] + image[0]["sizex"] > xy[:, 0].max()
+    assert image[0]["y"] > xy[:, 1].max() and image[0]["y"] - image[0]["sizey"] < xy[:, 1].min()
+    left, top, w, h = browser.execute_script(
+        GD + " const s = g._fullLayout._size, r = g.getBoundingClientRect(); return [r.left + s.l, r.top + s.t, s.w, s.h];")
+    ratio = browser.execute_script("return window.devicePixelRatio;")
+    shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")).astype(int)
+    area = shot[int(top * ratio):int((top + h) * ratio), int(left * ratio):int((left + w) * ratio)]
+    grey = (area.max(-1) - area.min(-1) < 4) & (area.mean(-1) < 215)
+    assert grey.sum() > 200  # the density layer shows (the points are coloured, the background white)
+    browser.execute_script(GD + " Plotly.relayout(g, {'xaxis.range': [-2, 2], 'yaxis.range': [-2, 2]});")
+    assert np.abs(browser.execute_script(placed)).max() < 1.5  # zoomed: still aligned
+
+    # Search finds every protein; the panel counts all its crops and the drawn ones; the CSV names crop rows.
+    protein = table["protein"][0]
+    browser.find_element(By.ID, "search").send_keys(protein)
+    wait_for(browser, "return document.getElementById('search-status').textContent.includes('outlined');")
+    total = int((table["protein"] == protein).sum())
+    assert f"crops: {total} (" in browser.find_element(By.ID, "crop").text
+    browser.execute_script(GD + " const t = g.data[0];"
+                           " g.emit('plotly_selected', {points: [0, 1, 2].map(j => ({data: t, customdata: t.customdata[j]}))});")
+    csv = browser.execute_script("return window.atlasSelection.csv;").splitlines()
+    positions = browser.execute_script(GD + " return g.data[0].customdata.slice(0, 3);")
+    assert [int(line.split(",")[0]) for line in csv[1:]] == [int(crops[p]) for p in positions]
+    assert [line.split(",")[1] for line in csv[1:]] == [table["protein"][crops[p]] for p in positions]
     assert html_atlas.network_requests(browser) == []
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

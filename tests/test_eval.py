@@ -216,7 +216,8 @@ def test_eval_writes_sane_outputs(tiny_run, evaluated):
     assert codes.shape[1] == model.spec.vq_local.num_codes
     np.testing.assert_allclose(codes.sum(axis=1), positions)
     # The evaluators: interactive atlas, protein atlas, complexes, linear probes.
-    assert m["atlas_html"] == {"points": len(test_rows), "thumbnails": 5, "bytes": (out / "atlas.html").stat().st_size}
+    assert m["atlas_html"] == {"points": len(test_rows), "drawn_points": len(test_rows), "thumbnails": 5,
+                               "bytes": (out / "atlas.html").stat().st_size}
     proteins = anndata.read_h5ad(out / "proteins.h5ad")
     assert list(proteins.obs_names) == list(store.proteins) and m["proteins"]["proteins"] == 4
     np.testing.assert_allclose(proteins.X[1], adata.X[adata.obs["protein"] == "P1"].mean(0), rtol=1e-5)
@@ -454,8 +455,9 @@ def test_umap_above_umap_max_crops_is_fit_on_a_subsample_and_places_the_rest(tin
     import anndata
 
     result = run_eval(tiny_run["dir"], EvalOptions(out=str(tmp_path / "out"), split="val", umap_seeds=1,
-                                                   umap_max_crops=16, bootstrap=50, progress=False,
-                                                   evaluators=("clustering", "embeddings_h5ad")))
+                                                   umap_max_crops=16, atlas_max_points=12, bootstrap=50,
+                                                   progress=False,
+                                                   evaluators=("clustering", "embeddings_h5ad", "interactive_atlas")))
     m = result.metrics
     n = m["run"]["crops"]
     assert n > 16
@@ -466,7 +468,11 @@ def test_umap_above_umap_max_crops_is_fit_on_a_subsample_and_places_the_rest(tin
     chex.assert_shape(adata.obsm["X_umap"], (n, 2))
     assert np.isfinite(adata.obsm["X_umap"]).all()
     assert adata.uns["provenance"]["umap_fit_crops"] == 16
+    # atlas.html above --atlas_max_points: 12 crops drawn (as many thumbnails), a density image of all beneath
+    assert m["atlas_html"]["points"] == n and m["atlas_html"]["drawn_points"] == m["atlas_html"]["thumbnails"] == 12
+    assert f"12 of {n} crops drawn as points" in (result.out_dir / "atlas.html").read_text()
     # each stage's wall time and the process's peak memory after it (a running peak: never decreasing)
-    assert list(m["peak_rss_mib"]) == list(m["seconds"]) == ["embed", "clustering", "embeddings_h5ad"]
+    assert list(m["peak_rss_mib"]) == list(m["seconds"]) == ["embed", "clustering", "embeddings_h5ad",
+                                                             "interactive_atlas"]
     peaks = list(m["peak_rss_mib"].values())
     assert peaks[0] > 50 and peaks == sorted(peaks)

@@ -1,7 +1,9 @@
 """The interactive atlas: one self-contained HTML page (plotly.js inlined; it opens offline from disk and reaches
 no network: every control that would send data away is switched off, `PLOTLY_CONFIG`).
 
-Every crop is a point of the UMAP. The page (JavaScript in `_SCRIPT`, plotly.js does the drawing) offers:
+Every crop is a point of the UMAP; above `max_points` crops a seeded subsample keeping every protein is drawn as
+points, over a density image (2-D histogram) of every crop. The page (JavaScript in `_SCRIPT`, plotly.js does the
+drawing) offers:
 - colour by family, Leiden community, protein or split (one WebGL trace per group, so the legend hides a group on
   click and isolates it on double-click; with more than `MAX_LEGEND` groups one trace, coloured per point);
 - hover: plotly's label names protein and group; the side panel shows protein, family, field and the crop's
@@ -13,7 +15,7 @@ Every crop is a point of the UMAP. The page (JavaScript in `_SCRIPT`, plotly.js 
   page (Ctrl or Cmd + wheel zooms);
 - a provenance block (run, checkpoint, UMAP seed and parameters, date).
 
-Thumbnails: one per crop would add ~2-4 kB per point, so only a seeded subsample (`max_thumbnails`) gets its own,
+Thumbnails: one per crop would add ~2-4 kB per point, so only a seeded subsample (protein_subsample) gets its own,
 plus one representative crop per protein; hovering any other crop shows its protein's representative, captioned.
 Why plotly: at 100,000 points it opened faster than bokeh's WebGL backend (docs/ATLAS.md).
 """
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -33,6 +37,7 @@ from cytoself_jax.analysis.common import as_labels, fail
 
 SEARCH_TRACE = "search"  # name of the trace that outlines the searched proteins' crops, drawn last
 MAX_LEGEND = 40  # a colour-by with more groups is one trace coloured per point, without legend entries
+DENSITY_BINS = 512  # cells per axis of the density layer drawn beneath the points above max_points
 COLOUR_BY = ("family", "leiden", "protein", "split")  # table columns the page can colour by, in menu order
 COLOUR_BY_TITLES = {"family": "family", "leiden": "Leiden community (protein graph)", "protein": "protein",
                     "split": "split"}
@@ -44,22 +49,45 @@ PLOTLY_CONFIG = {"showSendToCloud": False, "showEditInChartStudio": False, "show
                  "toImageButtonOptions": {"filename": "atlas", "scale": 2}}
 
 
-def thumbnail_rows(proteins: np.ndarray, max_thumbnails: int, seed: int = 0) -> np.ndarray:
-    """Sorted positions of the crops that get a thumbnail: the first crop of each protein (its representative)
-    and a seeded random subsample of the others, at most max(max_thumbnails, number of proteins) in all."""
-    first = np.unique(proteins, return_index=True)[1]
-    rest = np.setdiff1d(np.arange(len(proteins)), first)
-    extra = max(0, min(len(rest), max_thumbnails - len(first)))
+def protein_subsample(proteins: np.ndarray, max_rows: int, seed: int = 0, keep: Sequence[int] = ()) -> np.ndarray:
+    """Sorted positions of a seeded subsample of crops that keeps every protein: the rows `keep`, the first crop
+    (its representative) of each protein without one among them and a seeded random subsample of the others, at
+    most max(max_rows, those kept) in all. The atlas' thumbnails (keep nothing) and its drawn points (keep the
+    thumbnails' rows)."""
+    keep = np.asarray(keep, dtype=np.int64)
+    names, first = np.unique(proteins, return_index=True)
+    required = np.union1d(keep, first[~np.isin(names, proteins[keep])])
+    rest = np.setdiff1d(np.arange(len(proteins)), required)
+    extra = max(0, min(len(rest), max_rows - len(required)))
     chosen = np.random.default_rng(seed).choice(rest, size=extra, replace=False) if extra else []
-    return np.sort(np.concatenate([first, chosen]).astype(np.int64))
+    return np.sort(np.concatenate([required, chosen]).astype(np.int64))
+
+
+def density_counts(xy: np.ndarray, x_range: Sequence[float], y_range: Sequence[float],
+                   bins: int = DENSITY_BINS) -> np.ndarray:
+    """(bins, bins) counts of the points in each cell of the rectangle x_range x y_range, indexed [x, y]."""
+    return np.histogram2d(xy[:, 0], xy[:, 1], bins=bins, range=[x_range, y_range])[0]
+
+
+def density_png(counts: np.ndarray) -> str:
+    """density_counts as a PNG data URI, the first row the highest y: grey from light to dark with
+    log(1 + count), transparent where no point falls."""
+    from PIL import Image
+
+    level = np.log1p(counts) / np.log1p(max(counts.max(), 1))
+    pixels = np.stack([np.round(225 - 175 * level), np.where(counts > 0, 255, 0)], -1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 0, 2)[::-1])).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
 
 
-def _groups(key: str, values: np.ndarray) -> dict:
-    """One colour-by entry: group names in legend order, each crop's group code (base64 int32) and colours."""
+def _groups(key: str, values: np.ndarray, drawn: np.ndarray) -> dict:
+    """One colour-by entry: group names (of every crop) in legend order, each drawn crop's group code (base64
+    int32) and colours."""
     if key == "family":
         labels = np.array([family_label(v) for v in values], dtype=object)
         names, colours = legend_order(labels), family_colours(labels)
@@ -68,22 +96,26 @@ def _groups(key: str, values: np.ndarray) -> dict:
         distinct = sorted(set(values), key=lambda v: (len(v), v) if key == "leiden" else v)
         names, colours = distinct, category_colours(distinct, repeat_ok=True)
     code_of = {n: i for i, n in enumerate(names)}
-    codes = np.array([code_of[v] for v in labels], dtype=np.int32)
+    codes = np.array([code_of[v] for v in labels], dtype=np.int32)[drawn]
     return {"title": COLOUR_BY_TITLES.get(key, key), "names": list(names), "colours": [colours[n] for n in names],
             "codes": _b64(codes), "legend": len(names) <= MAX_LEGEND}
 
 
 def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: Mapping[int, str],
                      title: str = "Localization atlas", *, neighbours: Mapping[str, Sequence] | None = None,
-                     provenance: Mapping[str, object] | None = None, thumbnail_note: str = "") -> dict:
+                     provenance: Mapping[str, object] | None = None, thumbnail_note: str = "",
+                     max_points: int | None = None, seed: int = 0) -> dict:
     """Write the interactive atlas of N crops to path (.html).
 
     coords (N, 2) UMAP coordinates; table: N rows with columns protein, family, fov and optionally leiden and
     split (each becomes a colour-by choice); thumbnails: row position -> data URI (thumbnails.composite_png), one
-    row of every protein at least (thumbnail_rows); neighbours: protein -> [(neighbour, similarity), ...] shown
+    row of every protein at least (protein_subsample); neighbours: protein -> [(neighbour, similarity), ...] shown
     as links when a search finds the protein; provenance: label -> value, listed in the page; thumbnail_note:
     one line under every thumbnail (what its colours and scale bar mean).
-    Returns {"points", "thumbnails", "bytes"}.
+    Above max_points crops (None: no limit) only a seeded subsample is drawn as points, the thumbnails' crops among
+    them (protein_subsample, seed; at most max(max_points, thumbnails)), over a density image of every crop
+    (density_png); the page and its provenance say so, and hover, search, lasso and CSV see the drawn points only.
+    Returns {"points" (N), "drawn_points", "thumbnails", "bytes"}.
     """
     from plotly.offline import get_plotlyjs
 
@@ -102,7 +134,9 @@ def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: 
         raise fail(where, "thumbnails", f"expected a thumbnail of every protein, none for {unseen[:5]}")
 
     thumb_rows = sorted(int(r) for r in thumbnails)
-    colour_by = {key: _groups(key, as_labels(table[key].to_numpy(), len(xy), where, f"table.{key}"))
+    capped = max_points is not None and len(xy) > max_points
+    drawn = protein_subsample(proteins, max_points, seed, keep=thumb_rows) if capped else np.arange(len(xy))
+    colour_by = {key: _groups(key, as_labels(table[key].to_numpy(), len(xy), where, f"table.{key}"), drawn)
                  for key in COLOUR_BY if key in table.columns}
     protein_names = colour_by["protein"]["names"]
     protein_index = {p: i for i, p in enumerate(protein_names)}
@@ -116,9 +150,10 @@ def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: 
     for p, f in zip(proteins, table["family"].to_numpy()):
         family_of.setdefault(p, family_label(f if isinstance(f, str) else ""))
     meta = {
-        "x": _b64(xy[:, 0]), "y": _b64(xy[:, 1]), "n": int(len(xy)), "colour_by": colour_by,
-        "fovs": fov_names.tolist(), "fov_of": _b64(fov_of.astype(np.int32)),
-        "thumbs": [thumbnails[r] for r in thumb_rows], "thumb_rows": thumb_rows, "representative": representative,
+        "x": _b64(xy[drawn, 0]), "y": _b64(xy[drawn, 1]), "n": int(len(drawn)), "colour_by": colour_by,
+        "fovs": fov_names.tolist(), "fov_of": _b64(fov_of[drawn].astype(np.int32)),
+        "thumbs": [thumbnails[r] for r in thumb_rows], "thumb_rows": np.searchsorted(drawn, thumb_rows).tolist(),
+        "representative": representative,
         "protein_family": [family_of[p] for p in protein_names],
         "neighbours": {p: [[str(n), round(float(s), 4)] for n, s in near] for p, near in (neighbours or {}).items()},
         "range": {"x": [float(lo[0] - pad[0]), float(hi[0] + pad[0])], "y": [float(lo[1] - pad[1]),
@@ -126,14 +161,36 @@ def write_atlas_html(path: str | Path, coords, table: pd.DataFrame, thumbnails: 
         "marker": 4 if len(xy) > 20_000 else 6, "search_trace": SEARCH_TRACE, "title": title,
         "thumbnail_note": thumbnail_note, "config": PLOTLY_CONFIG,
     }
+    note, provenance = "", dict(provenance or {})
+    if capped:
+        meta.update(_subsample_meta(xy, meta["range"], drawn, proteins, protein_names))
+        n, shown = f"{len(xy):,}", f"{len(drawn):,}"
+        note = (f'<div id="density-note"><b>{shown} of {n} crops drawn as points</b> (a seeded sample keeping every '
+                f'protein); the grey layer beneath them shows the density of all {n} crops. Hover, search, legend '
+                f'counts, lasso and its CSV cover the drawn points only.</div><hr>')
+        provenance.update({"atlas_points_drawn": len(drawn), "atlas_density_layer": f"all {len(xy)} crops, "
+                           f"{DENSITY_BINS} x {DENSITY_BINS} cells, grey = log(1 + count)"})
     options = "".join(f'<option value="{k}">{html.escape(v["title"])}</option>' for k, v in colour_by.items())
     page = _PAGE.format(title=html.escape(title), plotlyjs=get_plotlyjs(), script=_SCRIPT, options=options,
-                        provenance=_provenance_html(provenance or {}),
+                        note=note, provenance=_provenance_html(provenance),
                         meta=json.dumps(meta, separators=(",", ":")).replace("</", "<\\/"))
     path = Path(path).with_suffix(".html")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
-    return {"points": int(len(xy)), "thumbnails": len(thumb_rows), "bytes": path.stat().st_size}
+    return {"points": int(len(xy)), "drawn_points": int(len(drawn)), "thumbnails": len(thumb_rows),
+            "bytes": path.stat().st_size}
+
+
+def _subsample_meta(xy: np.ndarray, view: Mapping[str, Sequence[float]], drawn: np.ndarray, proteins: np.ndarray,
+                  protein_names: Sequence[str]) -> dict:
+    """The page's data of a subsampled atlas: each drawn point's crop row, each protein's number of crops and the
+    density image of every crop as a plotly layout image spanning the view (data coordinates, beneath the points)."""
+    (x0, x1), (y0, y1) = view["x"], view["y"]
+    crops = Counter(proteins)
+    return {"crop_rows": _b64(drawn.astype(np.int32)), "protein_crops": [crops[p] for p in protein_names],
+            "density": {"source": density_png(density_counts(xy, (x0, x1), (y0, y1))), "xref": "x", "yref": "y",
+                        "x": x0, "y": y1, "sizex": x1 - x0, "sizey": y1 - y0, "xanchor": "left",
+                        "yanchor": "top", "sizing": "stretch", "layer": "below"}}
 
 
 def _provenance_html(provenance: Mapping[str, object]) -> str:
@@ -160,7 +217,7 @@ a.protein {{ color: #0b5394; cursor: pointer; }}
 #selection-list {{ max-height: 160px; overflow-y: auto; }}
 dl {{ margin: 2px 0; font-size: 11px; }} dt {{ font-weight: bold; }} dd {{ margin: 0 0 3px 6px; word-break: break-all; }}
 </style></head>
-<body><div id="side">
+<body><div id="side">{note}
 <label for="search">Find a protein</label><br>
 <input id="search" placeholder="name or start of a name" autocomplete="off">
 <div id="search-status" class="caption"></div>
@@ -190,6 +247,7 @@ _SCRIPT = r"""
     return new Type(bytes.buffer);
   }
   const X = decode(meta.x, Float32Array), Y = decode(meta.y, Float32Array), FOV = decode(meta.fov_of, Int32Array);
+  const CROP = meta.crop_rows ? decode(meta.crop_rows, Int32Array) : null;  // crop row of each point, when subsampled
   const codes = {};
   for (const k in meta.colour_by) codes[k] = decode(meta.colour_by[k].codes, Int32Array);
   const proteinNames = meta.colour_by.protein.names, PROT = codes.protein;
@@ -233,8 +291,9 @@ _SCRIPT = r"""
                     range: meta.range.x.slice(), autorange: false},
             yaxis: {title: {text: 'UMAP 2'}, showticklabels: false, zeroline: false, showgrid: false,
                     range: meta.range.y.slice(), autorange: false, scaleanchor: 'x'},
-            legend: {title: {text: meta.colour_by[k].title + ' (crops): click hides, double-click isolates'},
-                     itemsizing: 'constant'},
+            legend: {title: {text: meta.colour_by[k].title + (CROP ? ' (drawn crops)' : ' (crops)')
+                                   + ': click hides, double-click isolates'}, itemsizing: 'constant'},
+            images: meta.density ? [Object.assign({}, meta.density)] : [],
             margin: {l: 40, r: 20, t: 50, b: 40}};
   }
   const searchIndex = () => gd.data.findIndex(t => t.name === meta.search_trace);
@@ -264,9 +323,9 @@ _SCRIPT = r"""
     $('crop').replaceChildren(...parts);
   }
   function showProtein(p) {
-    const idx = proteinNames.indexOf(p);
+    const idx = proteinNames.indexOf(p), drawn = PROT.reduce((s, v) => s + (v === idx), 0);
     const parts = [line('protein', p), line('family', meta.protein_family[idx]),
-                   line('crops', String(PROT.reduce((s, v) => s + (v === idx), 0))),
+                   line('crops', CROP ? meta.protein_crops[idx] + ' (' + drawn + ' drawn)' : String(drawn)),
                    thumb(meta.representative[idx]), caption('a crop of ' + p)];
     const near = meta.neighbours[p];
     if (near && near.length) {
@@ -318,7 +377,7 @@ _SCRIPT = r"""
     for (const i of rows) {
       const extra = Object.keys(meta.colour_by).filter(k => k !== 'family' && k !== 'protein')
         .map(k => meta.colour_by[k].names[codes[k][i]]);
-      lines.push([i, proteinNames[PROT[i]], familyOf(i), meta.fovs[FOV[i]]].concat(extra)
+      lines.push([CROP ? CROP[i] : i, proteinNames[PROT[i]], familyOf(i), meta.fovs[FOV[i]]].concat(extra)
         .concat([X[i], Y[i]]).map(csvField).join(','));
     }
     return lines.join('\n') + '\n';

@@ -57,6 +57,9 @@ class EvalOptions:
     neighbours: int = _opt(10, "Nearest proteins listed per protein.", minimum=1)
     atlas_thumbnails: int = _opt(2000, "atlas.html: crops with their own hover thumbnail (at least one per protein).",
                                  minimum=1)
+    atlas_max_points: int = _opt(100_000, "atlas.html: at most this many crops drawn as hoverable points (a seeded "
+                                          "subsample keeping at least one crop per protein); above it a density "
+                                          "image of every crop lies beneath them.", minimum=1, embed=True)
     atlas_contrast: str = _opt("protein", "atlas.html thumbnails: contrast fixed per protein or for the dataset.",
                                choices=("protein", "dataset"), embed=True)
     pixel_size_um: float = _opt(0.0, "Pixel size of the store's crops in micrometres (atlas.html thumbnails get a "

@@ -1,5 +1,6 @@
 """atlas.html: the interactive atlas (composite hover thumbnails, search with nearest proteins, colour-by, lasso,
-provenance), one self-contained page that reaches no network."""
+provenance; above --atlas_max_points crops a subsample as points over a density image of all), one self-contained
+page that reaches no network."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,8 @@ def _nearest(ctx: EvalContext) -> dict[str, list[tuple[str, float]]]:
 
 def evaluate(ctx: EvalContext) -> Evaluation:
     o = ctx.options
-    rows = atlas_html.thumbnail_rows(ctx.proteins, o.atlas_thumbnails, o.seed)
+    # Thumbnailed crops are drawn points, so no more of them than atlas_max_points (but one per protein).
+    rows = atlas_html.protein_subsample(ctx.proteins, min(o.atlas_thumbnails, o.atlas_max_points), o.seed)
     images = _SplitImages(ctx.store.images, ctx.rows)
     thumbs, note = thumbnails.crop_thumbnails(images, rows, ctx.proteins, ctx.store.channels,
                                               contrast=o.atlas_contrast, pixel_size_um=o.pixel_size_um, seed=o.seed)
@@ -45,7 +47,8 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         table.insert(2, "leiden", leiden)
     summary = atlas_html.write_atlas_html(ctx.out / "atlas.html", ctx.atlas_xy(), table, thumbs,
                                           title=f"Localization atlas, {o.split} split", neighbours=_nearest(ctx),
-                                          provenance=atlas_provenance(ctx), thumbnail_note=note)
+                                          provenance=atlas_provenance(ctx), thumbnail_note=note,
+                                          max_points=o.atlas_max_points, seed=o.seed)
     return Evaluation(details={"atlas_html": summary})
 
 
