@@ -269,3 +269,14 @@ def test_stale_temporary_folders_of_killed_evals_are_removed(run_dir, tmp_path):
     assert not stale.exists()
     assert live.exists() and foreign.exists() and (foreign / "embeddings.h5ad").read_text() == "partial"
     assert (out / "embeddings.h5ad").is_file()
+
+
+def test_embed_help_lists_every_shared_option(capsys):
+    # argparse formats help strings with %: an option's '95% interval' once crashed --help
+    with pytest.raises(SystemExit) as exit_info:
+        embed_cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--bootstrap", "--umap-max-crops", "--atlas-max-points", "--skip-bad-crops"):
+        assert option in text
+    assert "95% interval" in " ".join(text.split())

@@ -139,7 +139,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     for f in option_fields():
         if not f.metadata["embed"]:
             continue
-        flag, help_text, default = "--" + f.name.replace("_", "-"), f.metadata["help"], f.default
+        flag, help_text, default = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%"), f.default
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=help_text)
         elif isinstance(default, tuple):
