@@ -133,6 +133,7 @@ def test_parallel_paths_fit_exactly_what_one_process_fits(monkeypatch):
     monkeypatch.setattr("joblib.cpu_count", lambda: 2)  # worker processes even on a one-core machine
     parallel = probe.fit_probe(train_x, y, val_x, y, pixels=True)
     monkeypatch.setattr(probe, "_parallel", lambda fn, args: calls.append(len(args)) or [fn(*a) for a in args])
+    probe._FITS.clear()  # fit again, not recall the fit above
     serial = probe.fit_probe(train_x, y, val_x, y, pixels=True)
     assert calls == [len({min(k, 60) for k in probe.PCA_GRID})]  # components capped at the 60 features
     assert (parallel.C, parallel.pca_components, parallel.val_macro_f1) == \
@@ -140,6 +141,30 @@ def test_parallel_paths_fit_exactly_what_one_process_fits(monkeypatch):
     np.testing.assert_array_equal(parallel.classifier.coef_, serial.classifier.coef_)
     np.testing.assert_array_equal(parallel.predict(val_x), serial.predict(val_x))
     assert probe._parallel(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
+
+
+def test_a_fit_with_the_inputs_of_a_recent_one_is_that_fit(monkeypatch):
+    # eval fits the same probe in linear_probe and unseen_proteins (same crops): the second is the first's result,
+    # and any change of input (a label, a pixel, the seed) fits again
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(60, 30)), np.repeat(list("abc"), 20)
+    fits = []
+    real = probe._fit_probe
+    monkeypatch.setattr(probe, "_fit_probe", lambda *a: fits.append(1) or real(*a))
+    first = probe.fit_probe(x, y, x[:30], y[:30], pixels=True)
+    assert probe.fit_probe(x.copy(), y.astype(object), x[:30], y[:30], pixels=True) is first and len(fits) == 1
+    changed_label = y.copy()
+    changed_label[0] = "b"
+    changed_pixel = x.copy()
+    changed_pixel[5, 7] += 1e-6
+    for args, kwargs in [((x, changed_label, x[:30], y[:30]), {}), ((changed_pixel, y, x[:30], y[:30]), {}),
+                         ((x, y, x[:30], y[:30]), {"seed": 1}), ((x, y), {})]:
+        refit = probe.fit_probe(*args, pixels=True, **kwargs)
+        assert refit is not first
+    assert len(fits) == 5
+    again = real(x, y, x[:30], y[:30], True, probe.C_GRID, probe.PCA_GRID, 0)  # a refit gives the same probe
+    assert (again.C, again.pca_components, again.val_macro_f1) == (first.C, first.pca_components, first.val_macro_f1)
+    np.testing.assert_array_equal(again.classifier.coef_, first.classifier.coef_)
 
 def test_score_predictions_against_sklearn_with_intervals_and_chance():
     from sklearn.metrics import balanced_accuracy_score, f1_score

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -118,9 +120,6 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
     of one PCA fitted on train (capped at train rows - 1 and d); C runs from small to large, each fit starting from
     the last (the same optimum: the problem is convex), and a path stops after C_PATIENCE values in a row that do
     not beat its best (weaker regularization past the best overfits more and needs the most iterations)."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
     where = "fit_probe"
     train_x = as_matrix(train_x, where, "train_x", flatten=True)
     train_y = as_labels(train_y, len(train_x), where, "train_y")
@@ -136,13 +135,19 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
         if not seen.any():
             raise fail(where, "val_y", "expected validation rows of a class seen in training, found none")
         val_x, val_y = val_x[seen], val_y[seen]
+    return _remembered(("fit_probe", train_x, train_y, val_x, val_y, pixels, tuple(c_grid), tuple(pca_grid), seed),
+                       lambda: _fit_probe(train_x, train_y, val_x, val_y, pixels, c_grid, pca_grid, seed))
+
+
+def _fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
+               pixels: bool, c_grid: Sequence[float], pca_grid: Sequence[int], seed: int) -> LinearProbe:
+    """fit_probe on checked inputs."""
+    has_val = val_x is not None
     cap = max(1, min(len(train_x) - 1, train_x.shape[1]))
     grid_k = sorted({min(k, cap) for k in (pca_grid if has_val else (PIXEL_COMPONENTS,))}) if pixels else [None]
     grid_c = sorted(c_grid) if has_val else [DEFAULT_C]
-    scaler = StandardScaler().fit(train_x)
-    z_train = scaler.transform(train_x)
-    pca = PCA(max(grid_k), random_state=seed).fit(z_train) if pixels else None
-    p_train = pca.transform(z_train) if pixels else z_train
+    scaler, pca, p_train = _remembered(("projection", train_x, pixels, max(grid_k) if pixels else 0, seed),
+                                       lambda: _projection(train_x, max(grid_k) if pixels else 0, seed))
     p_val = (pca.transform(scaler.transform(val_x)) if pixels else scaler.transform(val_x)) if has_val else None
     # Each number of components is its own path along C (warm-started fits), independent of the others: the paths
     # run in parallel worker processes; the best is the first maximum in (components, C) order either way.
@@ -153,6 +158,49 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
                        selected_on="val" if has_val else "defaults", val_macro_f1=score)
 
 
+def _projection(train_x: np.ndarray, components: int, seed: int) -> tuple[Any, Any, np.ndarray]:
+    """(fitted StandardScaler, fitted PCA of `components` components or None for 0, train_x projected)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x)
+    z_train = scaler.transform(train_x)
+    if not components:
+        return scaler, None, z_train
+    pca = PCA(components, random_state=seed).fit(z_train)
+    return scaler, pca, pca.transform(z_train)
+
+
+# The last few fits (probes and pixel projections) by a digest of their inputs: one evaluation fits the same ones in
+# several evaluators (linear_probe and unseen_proteins train on the same crops; a family and a protein probe
+# project the same pixels), and a fit is a deterministic function of its inputs, so the copy is what a refit gives.
+_FITS: OrderedDict[str, Any] = OrderedDict()
+_FITS_KEPT = 4
+
+
+def _digest(parts: tuple) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.shape}{part.dtype.str}".encode())
+            h.update("\0".join(map(str, part.ravel())).encode() if part.dtype == object else
+                     np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def _remembered(parts: tuple, compute: Callable[[], Any]) -> Any:
+    """compute(), or its result for the same inputs `parts` if one of the last _FITS_KEPT fits had them."""
+    key = _digest(parts)
+    if key in _FITS:
+        _FITS.move_to_end(key)
+        return _FITS[key]
+    _FITS[key] = value = compute()
+    while len(_FITS) > _FITS_KEPT:
+        _FITS.popitem(last=False)
+    return value
 
 def _c_path(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
             grid_c: Sequence[float], k: int | None) -> tuple[float, float, int | None, Any]:
