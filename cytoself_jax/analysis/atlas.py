@@ -26,6 +26,10 @@ def fit_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float =
         raise fail("compute_umap", "n_neighbors", f"expected 2 <= n_neighbors < {len(x)} (points), got {n_neighbors}")
     import umap  # slow import (numba); only paid when a UMAP is computed
 
+    from cytoself_jax.compile_cache import enable_umap_compilation_cache
+
+    enable_umap_compilation_cache()  # the first UMAP on a machine compiles umap's numba functions, later ones load them
+
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, random_state=seed,
                         n_jobs=1)  # a seed forces one thread anyway; saying so avoids umap's warning
     return reducer, reducer.fit_transform(x).astype(np.float32)
