@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-
 from cytoself_jax.user_cache import user_cache_dir
 
 # Where the cache lives unless CYTOSELF_JAX_CACHE says otherwise (empty or "off": no persistent cache).
@@ -34,6 +32,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     """Turn on JAX's persistent compilation cache in `path` (default: $CYTOSELF_JAX_CACHE, else
     default_cache_dir()); returns the folder, or None when CYTOSELF_JAX_CACHE is "off" or empty. Call before the
     first jit compilation; safe to call again (the last folder wins)."""
+    import jax  # here, not at the top: UMAP worker processes import this module without needing jax
+
     if path is None:
         env = os.environ.get(ENV_VAR)
         if env is not None and env.strip().lower() in ("", "off", "0", "none"):

@@ -132,7 +132,7 @@ def test_parallel_paths_fit_exactly_what_one_process_fits(monkeypatch):
     calls = []
     monkeypatch.setattr("joblib.cpu_count", lambda: 2)  # worker processes even on a one-core machine
     parallel = probe.fit_probe(train_x, y, val_x, y, pixels=True)
-    monkeypatch.setattr(probe, "_parallel", lambda fn, args: calls.append(len(args)) or [fn(*a) for a in args])
+    monkeypatch.setattr(probe, "in_processes", lambda fn, args: calls.append(len(args)) or [fn(*a) for a in args])
     probe._FITS.clear()  # fit again, not recall the fit above
     serial = probe.fit_probe(train_x, y, val_x, y, pixels=True)
     assert calls == [len({min(k, 60) for k in probe.PCA_GRID})]  # components capped at the 60 features
@@ -140,7 +140,7 @@ def test_parallel_paths_fit_exactly_what_one_process_fits(monkeypatch):
         (serial.C, serial.pca_components, serial.val_macro_f1)
     np.testing.assert_array_equal(parallel.classifier.coef_, serial.classifier.coef_)
     np.testing.assert_array_equal(parallel.predict(val_x), serial.predict(val_x))
-    assert probe._parallel(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
+    assert probe.in_processes(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
 
 
 def test_a_fit_with_the_inputs_of_a_recent_one_is_that_fit(monkeypatch):

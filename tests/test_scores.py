@@ -451,3 +451,17 @@ def test_profile_average_precision_is_map_on_protein_means():
     np.testing.assert_allclose(table["chance"], scores.chance_average_precision(families[::6][:6]))
     assert scores.macro_mean(table["average_precision"], table["family"]) == pytest.approx(
         scores.mean_average_precision(means, families[::6][:6], progress=False))
+
+
+def test_umaps_fitted_in_worker_processes_are_those_fitted_here():
+    # eval fits the clustering score's UMAPs (one per seed) side by side in worker processes
+    from cytoself_jax.analysis.atlas import fit_umap_of_seed
+    from cytoself_jax.analysis.parallel import in_processes
+
+    x, _ = blobs(np.random.default_rng(9), n_classes=3, per_class=40, dim=8)
+    kwargs = {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}
+    remote = in_processes(fit_umap_of_seed, [(x, seed, kwargs) for seed in (0, 1)])
+    for seed, (model, xy) in zip((0, 1), remote):
+        assert model is None
+        np.testing.assert_array_equal(xy, compute_umap(x, seed=seed))
+    assert not np.array_equal(remote[0][1], remote[1][1])

@@ -35,6 +35,11 @@ def fit_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float =
     return reducer, reducer.fit_transform(x).astype(np.float32)
 
 
+def fit_umap_of_seed(embeddings: np.ndarray, seed: int, kwargs: dict[str, Any]) -> tuple[None, np.ndarray]:
+    """(None, fit_umap's coordinates) for worker processes (context.umaps): the fitted model stays there."""
+    return None, fit_umap(embeddings, seed=seed, **kwargs)[1]
+
+
 def compute_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
                  metric: str = "euclidean") -> np.ndarray:
     """(N, 2) float32: fit_umap's coordinates."""

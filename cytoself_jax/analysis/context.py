@@ -17,6 +17,7 @@ import pandas as pd
 
 from cytoself_jax.analysis.embed import SplitOutputs, extract
 from cytoself_jax.analysis.options import EvalOptions
+from cytoself_jax.analysis.parallel import in_processes
 from cytoself_jax.analysis.records import Score
 from cytoself_jax.analysis.scores import NON_CLASSES
 from cytoself_jax.data.store import CropStore
@@ -165,13 +166,30 @@ class EvalContext:
         once)."""
         return self._fitted_umap(seed)[1]
 
+    def umaps(self, seeds: Sequence[int]) -> list[np.ndarray]:
+        """[umap(seed) for seed in seeds], the UMAPs not made yet fitted side by side in worker processes (each
+        seeded UMAP runs on one core)."""
+        from cytoself_jax.analysis.atlas import fit_umap_of_seed
+
+        # The atlas map's fitted model is kept when it places further crops: fitted here, not sent between processes.
+        missing = [s for s in dict.fromkeys(seeds) if f"umap-{s}" not in self._cache and not self._keeps_model(s)]
+        vectors, kwargs = self.vectors[self.umap_rows()], self.umap_kwargs()
+        fitted = in_processes(fit_umap_of_seed, [(vectors, s, kwargs) for s in missing], desc="UMAPs", unit="umap",
+                              progress=self.options.progress)
+        for seed, (_, xy) in zip(missing, fitted):
+            self._cache[f"umap-{seed}"] = (None, xy)
+        return [self.umap(s) for s in seeds]
+
+    def _keeps_model(self, seed: int) -> bool:
+        return seed == self.atlas_seed and len(self.umap_rows()) < len(self.rows)
+
     def _fitted_umap(self, seed: int) -> tuple[Any, np.ndarray]:
         from cytoself_jax.analysis.atlas import fit_umap
 
         def compute():
             reducer, xy = fit_umap(self.vectors[self.umap_rows()], seed=seed, **self.umap_kwargs())
             # only the atlas map places further crops: the other seeds' fitted models are not kept
-            return (reducer if seed == self.atlas_seed else None), xy
+            return (reducer if self._keeps_model(seed) else None), xy
         return self.cached(f"umap-{seed}", compute)
 
     @property

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
+from cytoself_jax.analysis.parallel import in_processes
 from cytoself_jax.analysis.scores import NON_CLASSES, macro_mean
 from cytoself_jax.analysis.records import Score
 from cytoself_jax.analysis.uncertainty import bootstrap_ci, bootstrap_mean_ci
@@ -152,7 +153,7 @@ def _fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | Non
     # Each number of components is its own path along C (warm-started fits), independent of the others: the paths
     # run in parallel worker processes; the best is the first maximum in (components, C) order either way.
     paths = [(p_train[:, :k], p_val[:, :k] if has_val else None, k) for k in grid_k]
-    found = _parallel(_c_path, [(x, train_y, v, val_y, grid_c, k) for x, v, k in paths])
+    found = in_processes(_c_path, [(x, train_y, v, val_y, grid_c, k) for x, v, k in paths])
     score, c, k, classifier = max(found, key=lambda f: f[0])  # the first of equal scores: fewer components
     return LinearProbe(scaler=scaler, pca=pca, classifier=classifier, C=c, pca_components=k,
                        selected_on="val" if has_val else "defaults", val_macro_f1=score)
@@ -226,16 +227,6 @@ def _c_path(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, 
     return best
 
 
-def _parallel(fn: Callable, argument_lists: list[tuple]) -> list:
-    """[fn(*args) for args in argument_lists], in worker processes (one per core, at most one per task) when there
-    are several tasks and cores; the same results in the same order as the plain loop."""
-    from joblib import Parallel, cpu_count, delayed
-
-    workers = min(len(argument_lists), cpu_count())  # joblib's count respects CPU affinity and cgroup quotas
-    if workers < 2:
-        return [fn(*args) for args in argument_lists]
-
-    return Parallel(n_jobs=workers)(delayed(fn)(*args) for args in argument_lists)
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:

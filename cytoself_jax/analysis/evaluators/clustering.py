@@ -3,7 +3,6 @@ seeds) and on the raw embedding."""
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cytoself_jax.analysis import scores as scoring
 from cytoself_jax.analysis.common import AnalysisInputError
@@ -26,8 +25,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     fit = ctx.umap_rows()  # every crop, or the seeded subsample the UMAPs are fit on
     families, fovs, vectors = families[fit], ctx.fovs[fit], ctx.vectors[fit]
     seeds = list(range(o.seed, o.seed + o.umap_seeds))  # the first is the atlas map's seed
-    values = np.array([scoring.clustering_score(ctx.umap(s), families) for s in
-                       tqdm(seeds, desc="UMAP clustering scores", unit="umap", disable=not o.progress)])
+    values = np.array([scoring.clustering_score(xy, families) for xy in ctx.umaps(seeds)])
     sd = float(values.std(ddof=1)) if len(values) > 1 else None
     keep = ctx.annotated(families)
     xy = ctx.umap(ctx.atlas_seed)
