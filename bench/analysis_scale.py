@@ -156,33 +156,36 @@ def measure(kind: str, args: argparse.Namespace, n: int, store_path: Path) -> di
         record_path.write_text(json.dumps(earlier, indent=1) + "\n")
     if earlier["returncode"]:
         lines = out.with_suffix(".log").read_text().strip().splitlines() or [""]
-        return {**earlier, "error": lines[-1], "seconds": {}, "stage_peak_rss_mib": {}}
+        return {**earlier, "error": lines[-1], "seconds": {}, "stage_peak_rss_mib": {}, "stage_anonymous_rss_mib": {}}
     metrics = json.loads((out / "metrics.json").read_text())
     crops = metrics.get("run", {}).get("crops", n)
     embed_s = metrics["seconds"].get("embed")
     return {**earlier, "crops": crops, "seconds": metrics["seconds"],
             "stages": ["embed", *metrics.get("evaluators", ())],
             "stage_peak_rss_mib": metrics.get("peak_rss_mib") or {},
+            "stage_anonymous_rss_mib": metrics.get("anonymous_rss_mib") or {},
             "embed_crops_per_s": crops / embed_s if embed_s else None}
 
 
 def report(kind: str, sizes: Sequence[int], results: dict[int, dict]) -> dict[str, Any]:
     """Print the stage x size table of one command with each stage's growth exponents; returns the exponents."""
     stages = list(dict.fromkeys(s for n in sizes for s in [*results[n]["stages"], *results[n]["seconds"]]))
-    series = {s: ([results[n]["seconds"].get(s) for n in sizes], [results[n]["stage_peak_rss_mib"].get(s)
-                                                                   for n in sizes]) for s in stages}
+    series = {s: tuple([results[n].get(key, {}).get(s) for n in sizes] for key in
+                       ("seconds", "stage_peak_rss_mib", "stage_anonymous_rss_mib")) for s in stages}
     outside = [results[n]["wall_s"] - sum(results[n]["seconds"].values()) for n in sizes]
-    series["outside the stages (start-up, checks, writes)"] = (outside, [None] * len(sizes))
-    series["total (process)"] = ([results[n]["wall_s"] for n in sizes], [results[n]["peak_rss_mib"] for n in sizes])
-    exps = {s: {"seconds": growth_exponents(sizes, t), "peak_rss_mib": growth_exponents(sizes, m)}
-            for s, (t, m) in series.items()}
-    columns = ["stage", *[f"{c} @{n:,}" for n in sizes for c in ("s", "MiB")],
+    series["outside the stages (start-up, checks, writes)"] = (outside, [None] * len(sizes), [None] * len(sizes))
+    series["total (process)"] = ([results[n]["wall_s"] for n in sizes], [results[n]["peak_rss_mib"] for n in sizes],
+                                 [None] * len(sizes))
+    exps = {s: {"seconds": growth_exponents(sizes, t), "peak_rss_mib": growth_exponents(sizes, m),
+                "anonymous_rss_mib": growth_exponents(sizes, a)} for s, (t, m, a) in series.items()}
+    columns = ["stage", *[f"{c} @{n:,}" for n in sizes for c in ("s", "MiB", "anon MiB")],
                *[f"exp {a:,}->{b:,}" for a, b in zip(sizes, sizes[1:])], "exp fit", "MiB exp fit"]
     r2 = lambda v: None if v is None else round(v, 2)  # noqa: E731
-    rows = [[LABELS.get(s, s), *[v for pair in zip(t, m) for v in pair], *map(r2, exps[s]["seconds"]["pairs"]),
-             r2(exps[s]["seconds"]["fit"]), r2(exps[s]["peak_rss_mib"]["fit"])] for s, (t, m) in series.items()]
+    rows = [[LABELS.get(s, s), *[v for triple in zip(t, m, a) for v in triple], *map(r2, exps[s]["seconds"]["pairs"]),
+             r2(exps[s]["seconds"]["fit"]), r2(exps[s]["peak_rss_mib"]["fit"])] for s, (t, m, a) in series.items()]
     title = "embed command (every crop)" if kind == "embed" else "eval.py --split test"
-    benchlib.print_table(f"{title}: seconds and peak RSS after each stage; time growth exponents", columns, rows)
+    benchlib.print_table(f"{title}: seconds, peak RSS and anonymous RSS after each stage; time growth exponents",
+                         columns, rows)
     speed = ", ".join(f"{n:,}: {results[n].get('embed_crops_per_s') or 0:,.0f}" for n in sizes)
     print(f"embed stage crops/s ({kind}): {speed}")
     return exps
@@ -232,9 +235,11 @@ def main() -> None:
     print("\nCapped stages (a seeded subsample above the cap, so their time flattens past it; defaults):")
     for name, value in caps.items():
         print(f"- {name} = {value:,}: {CAPS[name]}")
-    print("Per-stage MiB is the process's peak so far (ru_maxrss after the stage); store building is not counted; "
-          "the embed stage includes compiling the model in the embed command (it keeps no compilation cache) and "
-          "in eval.py's first size only (later ones load it from the persistent cache).")
+    print("Per-stage MiB is the process's peak so far (ru_maxrss after the stage, counting the pages of the "
+          "memory-mapped store read so far); anon MiB its anonymous resident memory after the stage (the arrays it "
+          "holds); store building is not counted; "
+          "the embed stage includes compiling the model in the first process of each command only (later ones "
+          "load it from the persistent compilation cache).")
     record = {"benchmark": KEY, "ckpt": args.ckpt, "source": source, "sizes": sizes, "proteins": args.proteins,
               "fov_crops": args.fov_crops, "seed": args.seed, "builds": builds, "results": results,
               "exponents": exponents, "caps": caps, "git_commit": git_commit(), "load_average_start": load_start,

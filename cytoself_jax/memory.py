@@ -1,4 +1,4 @@
-"""The process's peak resident memory, as eval records it per stage and the benchmarks report it."""
+"""The process's resident memory, as eval records it per stage and the benchmarks report it."""
 from __future__ import annotations
 
 import resource
@@ -14,3 +14,16 @@ def peak_rss_bytes() -> int:
 def peak_rss_mib() -> float:
     """peak_rss_bytes in MiB, rounded to 0.1."""
     return round(peak_rss_bytes() / 2**20, 1)
+
+
+def anonymous_rss_mib() -> float | None:
+    """This process's anonymous resident memory now (heap, arrays; not the pages of memory-mapped files such as a
+    crop store, which the system can drop at any time), in MiB rounded to 0.1; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return None

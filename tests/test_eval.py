@@ -474,5 +474,8 @@ def test_umap_above_umap_max_crops_is_fit_on_a_subsample_and_places_the_rest(tin
     # each stage's wall time and the process's peak memory after it (a running peak: never decreasing)
     assert list(m["peak_rss_mib"]) == list(m["seconds"]) == ["embed", "clustering", "embeddings_h5ad",
                                                              "interactive_atlas"]
+    assert list(m["anonymous_rss_mib"]) == list(m["seconds"])
     peaks = list(m["peak_rss_mib"].values())
     assert peaks[0] > 50 and peaks == sorted(peaks)
+    # the arrays held, without the pages of the memory-mapped store: at most the peak
+    assert all(0 < anon <= peak for anon, peak in zip(m["anonymous_rss_mib"].values(), peaks))

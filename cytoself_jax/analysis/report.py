@@ -32,7 +32,7 @@ from cytoself_jax.data.pixels import PixelReport, usable_rows
 from cytoself_jax.data.splits import SplitError, class_ids, empty_split_message, splits_for_config
 from cytoself_jax.data.store import META_FILE, CropStore, fingerprint, open_store
 from cytoself_jax.imaging.fit import Fit, FitError, fit_for
-from cytoself_jax.memory import peak_rss_mib
+from cytoself_jax.memory import anonymous_rss_mib, peak_rss_mib
 from cytoself_jax.provenance import code_identity
 from cytoself_jax.staging import staged_writes
 from cytoself_jax.run import checkpoint_step, has_checkpoint, load_run, load_run_config
@@ -201,10 +201,11 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         ctx = EvalContext(options=o, out=tmp, run=run, store=store, store_path=store_path, fit=fit, rows=rows,
                           table=table, outputs=outputs, examples=examples, class_ids=classes, splits=splits,
                           heldout=heldout)
-        embed_seconds, embed_rss = time.perf_counter() - started, peak_rss_mib()
+        embed_seconds, embed_rss, embed_anon = time.perf_counter() - started, peak_rss_mib(), anonymous_rss_mib()
         metrics = _run_evaluators(ctx)
         metrics["seconds"] = {"embed": round(embed_seconds, 2), **metrics["seconds"]}
         metrics["peak_rss_mib"] = {"embed": embed_rss, **metrics["peak_rss_mib"]}
+        metrics["anonymous_rss_mib"] = {"embed": embed_anon, **metrics["anonymous_rss_mib"]}
         metrics["run"] = {"run_dir": str(run_dir), "checkpoint": run.checkpoint if o.random_init else o.which,
                           "step": int(run.step), "random_init": o.random_init, "store": str(store_path),
                           "split": o.split, "crops": int(len(rows)), "proteins": int(len(set(proteins))),
@@ -243,9 +244,12 @@ def skipped_note(skipped: PixelReport) -> str:
 def _run_evaluators(ctx: EvalContext) -> dict:
     """Run the chosen evaluators in registry order; metrics.json's content: scores (key -> record, in order),
     each evaluator's details, notes, which evaluators ran, each one's wall time (seconds) and the process's peak
-    resident memory after it (peak_rss_mib: the peak so far, so a stage that raised it shows its own peak)."""
+    resident memory after it (peak_rss_mib: the peak so far, so a stage that raised it shows its own peak; it counts
+    the pages of the memory-mapped store read so far) and its anonymous resident memory then (anonymous_rss_mib:
+    the arrays it holds, without mapped files; Linux)."""
     chosen = [name for name in REGISTRY if not ctx.options.evaluators or name in ctx.options.evaluators]
-    metrics: dict[str, Any] = {"scores": {}, "notes": [], "evaluators": chosen, "seconds": {}, "peak_rss_mib": {}}
+    metrics: dict[str, Any] = {"scores": {}, "notes": [], "evaluators": chosen, "seconds": {}, "peak_rss_mib": {},
+                               "anonymous_rss_mib": {}}
     for name in chosen:
         started = time.perf_counter()
         result = REGISTRY[name](ctx)
@@ -255,6 +259,7 @@ def _run_evaluators(ctx: EvalContext) -> dict:
         metrics.update(result.details)
         metrics["notes"].extend(result.notes)
         metrics["peak_rss_mib"][name] = peak_rss_mib()
+        metrics["anonymous_rss_mib"][name] = anonymous_rss_mib()
     if ctx.umap_note():
         metrics["notes"].append(ctx.umap_note())
     return metrics
