@@ -68,7 +68,8 @@ def fake_eval_context(tmp_path, x, table):
         splits={"test": np.arange(n) * 2, "train": np.arange(n) * 2 + 1}, rows=np.arange(n) * 2, table=table,
         proteins=table["protein"].to_numpy(), families=table["family"].to_numpy(), class_ids=np.zeros(n, int),
         channels=("protein", "nucleus"), options=EvalOptions(umap_seeds=1), vectors=x.reshape(n, -1),
-        atlas_xy=lambda: xy, umap_kwargs=lambda: {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"},
+        atlas_xy=lambda: xy, umap_rows=lambda: np.arange(n),
+        umap_kwargs=lambda: {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"},
         atlas_seed=0)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cytoself_jax.compile_cache import enable_umap_compilation_cache
 from cytoself_jax.analysis.colours import UNANNOTATED, category_colours
 from cytoself_jax.analysis.h5ad import family_obs, link_embedding
 from cytoself_jax.analysis.neighbours import protein_families, protein_profiles
@@ -58,6 +59,7 @@ def protein_atlas(out: Path, embeddings: np.ndarray, table: pd.DataFrame, n_neig
                           "crops": [int(counts[n]) for n in names]}, index=pd.Index(names, name="protein_name")),
     )
     k = int(min(n_neighbors, len(names) - 1))
+    enable_umap_compilation_cache()  # scanpy's neighbours and UMAP run umap-learn's numba functions
     sc.pp.neighbors(adata, n_neighbors=k, use_rep="X_cytoself", metric="cosine", random_state=seed)
     sc.tl.umap(adata, random_state=seed)
     sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False,
