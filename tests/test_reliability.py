@@ -1364,7 +1364,9 @@ def test_sigterm_during_embed_leaves_no_partial_output(embed_run, tiny_store_pat
 
 
 def test_ctrl_c_during_import_leaves_no_partial_store(tmp_path):
-    src, out = _crop_files(tmp_path / "src", cells=300), tmp_path / "cells"
+    # enough crops that writing them takes longer than the test takes to see the staging folder and signal (with
+    # 300 a quiet machine once finished the import first)
+    src, out = _crop_files(tmp_path / "src", cells=3000), tmp_path / "cells"
     log = tmp_path / "log.txt"
     cmd = [sys.executable, "-m", "cytoself_jax.import_crops", *_import_args(src, out)]
     status = _signal_when(cmd, lambda: bool(_hidden_siblings(out)), signal.SIGINT, log)
