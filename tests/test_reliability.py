@@ -130,11 +130,21 @@ def _env() -> dict:
     return {**os.environ, "CYTOSELF_JAX_CACHE": jax.config.jax_compilation_cache_dir or "off"}
 
 
+def _as_from_a_shell() -> None:
+    """In the child before exec: Ctrl-C and SIGTERM at their defaults and unblocked, as a shell starts a command,
+    whatever the test process (a pytest-xdist worker, libraries' threads) ignores or blocks; the command's own
+    handling is what these tests check."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _act_when(cmd: list[str], condition, action, log: Path, timeout: float = 120.0) -> int:
     """Run cmd, call action(process) as soon as condition() holds (polled every millisecond or so), wait for the
     process to end; returns its exit status."""
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=_as_from_a_shell)
         deadline = time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
             if condition():
