@@ -27,6 +27,7 @@ import pandas as pd
 
 import benchlib
 from compare_runs import git_commit
+from cytoself_jax.memory import maxrss_bytes
 
 KEY = "analysis_scale"  # store.json key of a store this benchmark built; suffix of its record beside each output
 LABELS = {"embed": "embed (read + normalise + model, one pass)", "clustering": "clustering (UMAPs)",
@@ -132,7 +133,7 @@ def run_child(command: Sequence[str], log: Path) -> dict[str, Any]:
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"wall_s": time.perf_counter() - started, "returncode": proc.returncode,
-            "peak_rss_mib": round(usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10), 1)}  # KiB on Linux
+            "peak_rss_mib": round(maxrss_bytes(usage.ru_maxrss) / 2**20, 1)}
 
 
 def measure(kind: str, args: argparse.Namespace, n: int, store_path: Path) -> dict[str, Any]:

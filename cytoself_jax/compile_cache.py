@@ -28,18 +28,23 @@ def default_cache_dir() -> Path:
     return user_cache_dir() / "jax"
 
 
+def _configured_folder() -> Path | None:
+    """The cache folder $CYTOSELF_JAX_CACHE names, else default_cache_dir(); None when it says "off" or is empty."""
+    env = os.environ.get(ENV_VAR)
+    if env is not None and env.strip().lower() in ("", "off", "0", "none"):
+        return None
+    return Path(env or default_cache_dir()).expanduser()
+
+
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
     """Turn on JAX's persistent compilation cache in `path` (default: $CYTOSELF_JAX_CACHE, else
     default_cache_dir()); returns the folder, or None when CYTOSELF_JAX_CACHE is "off" or empty. Call before the
     first jit compilation; safe to call again (the last folder wins)."""
     import jax  # here, not at the top: UMAP worker processes import this module without needing jax
 
-    if path is None:
-        env = os.environ.get(ENV_VAR)
-        if env is not None and env.strip().lower() in ("", "off", "0", "none"):
-            return None
-        path = env or default_cache_dir()
-    folder = Path(path).expanduser()
+    folder = Path(path).expanduser() if path is not None else _configured_folder()
+    if folder is None:
+        return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: run without the cache rather than fail
@@ -67,10 +72,10 @@ def enable_umap_compilation_cache(path: str | os.PathLike | None = None) -> Path
     from numba.core.registry import CPUDispatcher
 
     if path is None:
-        env = os.environ.get(ENV_VAR)
-        if env is not None and env.strip().lower() in ("", "off", "0", "none"):
+        root = _configured_folder()
+        if root is None:
             return None
-        path = Path(env or default_cache_dir()).expanduser() / "numba"
+        path = root / "numba"
     folder = Path(os.environ.get("NUMBA_CACHE_DIR") or path).expanduser()
     if folder == _umap_cache_folder[0]:
         return folder

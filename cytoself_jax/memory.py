@@ -5,10 +5,14 @@ import resource
 import sys
 
 
+def maxrss_bytes(ru_maxrss: int) -> int:
+    """A getrusage/wait4 ru_maxrss in bytes (it is KiB on Linux, bytes on macOS)."""
+    return int(ru_maxrss) if sys.platform == "darwin" else int(ru_maxrss) * 1024
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+    """Peak resident set size of this process so far, in bytes."""
+    return maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_rss_mib() -> float:

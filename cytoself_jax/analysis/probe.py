@@ -203,6 +203,7 @@ def _remembered(parts: tuple, compute: Callable[[], Any]) -> Any:
         _FITS.popitem(last=False)
     return value
 
+
 def _c_path(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
             grid_c: Sequence[float], k: int | None) -> tuple[float, float, int | None, Any]:
     """(validation macro-F1, C, k, fitted classifier) of the best C along one path of fit_probe: C from small to
