@@ -11,6 +11,12 @@ Welch's and an exact permutation test's p-values. Prints Markdown and writes:
 python bench/compare_runs.py --eval-dir test \\
     --group paper runs/paper/demo/full/seed* --group reference runs/reference/demo/full/seed* \\
     --out docs/evaluation/demo_decoders
+
+A group can also be read back from committed per-training records (an earlier OUT_trainings.json), so a new
+setting is compared with trainings whose run folders are gone:
+
+python bench/compare_runs.py --records default docs/evaluation/yeast_early_stop_kmeans_trainings.json \\
+    loss_without_vq --group ema runs/issue27/ema/yeast/full/seed* --out docs/evaluation/yeast_early_stop_ema
 """
 
 from __future__ import annotations
@@ -44,16 +50,32 @@ def _fmt(v) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{v:.3g}"
 
 
-def compare(groups: dict[str, list[Path]], eval_dir: str, keys: Sequence[str] | None = None,
+def read_records(path: Path, group: str) -> list[dict]:
+    """The per-training rows of `group` in a committed OUT_trainings.json (each keeps the commit it was compared
+    at as 'compared_at_commit'); a clear error when the file or the group is not there."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path}: expected a per-training records file (OUT_trainings.json): {e}")
+    found = [dict(r) for r in rows if isinstance(r, dict) and r.get("group") == group]
+    if not found:
+        names = sorted({str(r.get("group")) for r in rows if isinstance(r, dict)})
+        raise SystemExit(f"error: {path}: field 'group': no training of group {group!r} (groups there: {names})")
+    return found
+
+
+def compare(groups: dict[str, list[Path | dict]], eval_dir: str, keys: Sequence[str] | None = None,
             pairs: Sequence[tuple[str, str]] = ()
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, str]:
     """(training rows, group table (long), differences of two groups or None, paired differences of two scores
-    within each group's trainings or None, Markdown text)."""
-    rows = {name: [training_record(r, eval_dir) for r in runs] for name, runs in groups.items()}
+    within each group's trainings or None, Markdown text). A group is run directories (read now) or per-training
+    records read back with read_records (kept as they were, but for the group's name)."""
     commit = git_commit()
+    rows = {name: [dict(r) if isinstance(r, dict) else {**training_record(r, eval_dir), "compared_at_commit": commit}
+                   for r in runs] for name, runs in groups.items()}
     for name, group_rows in rows.items():
         for r in group_rows:
-            r["group"], r["compared_at_commit"] = name, commit
+            r["group"] = name
     keys = list(keys or score_keys(r for g in rows.values() for r in g))
     summary = group_table(rows, keys)
     wide = summary.assign(cell=[format_cell(r) for r in summary.to_dict("records")]) \
@@ -85,10 +107,20 @@ def compare(groups: dict[str, list[Path]], eval_dir: str, keys: Sequence[str] | 
     return table, summary, diff, paired, text
 
 
+class _InOrder(argparse.Action):
+    """--group and --records append (option, values) to one list, so groups keep the order they were given in."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append((option_string, values))
+
+
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group", nargs="+", action="append", required=True, metavar=("NAME", "RUN"),
+    parser.add_argument("--group", nargs="+", action=_InOrder, dest="groups", default=[], metavar=("NAME", "RUN"),
                         help="a name and its run directories; repeat for each group")
+    parser.add_argument("--records", nargs="+", action=_InOrder, dest="groups", default=[], metavar=("NAME", "FILE"),
+                        help="NAME FILE [GROUP]: a group read from committed per-training records (an earlier "
+                        "OUT_trainings.json), its trainings of GROUP there (default: NAME); repeatable")
     parser.add_argument("--eval-dir", default="test", help="the eval folder under RUN/eval/ (test, test-latest)")
     parser.add_argument("--scores", nargs="*", default=None, help="score keys to show (default: all)")
     parser.add_argument("--out", default=None, help="path prefix for the tables and the per-training records")
@@ -96,9 +128,14 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                         help="two score keys compared within each training, e.g. probe.family_embedding_macro_f1 "
                         "probe.family_pixels_macro_f1; repeatable")
     args = parser.parse_args(argv)
-    groups = {}
-    for name, *runs in args.group:
-        found = [Path(r) for r in runs if (Path(r) / "eval" / args.eval_dir / "metrics.json").exists()]
+    groups: dict[str, list] = {}  # in the order given: the difference is first - second
+    for option, (name, *rest) in args.groups:
+        if option == "--records":
+            if len(rest) not in (1, 2):
+                parser.error(f"--records {name} {' '.join(rest)}: expected NAME FILE [GROUP]")
+            groups[name] = read_records(Path(rest[0]), rest[1] if len(rest) == 2 else name)
+            continue
+        found = [Path(r) for r in rest if (Path(r) / "eval" / args.eval_dir / "metrics.json").exists()]
         if found:
             groups[name] = found
     if not groups:

@@ -121,6 +121,27 @@ def test_compare_runs_writes_one_record_per_training_and_the_group_statistics(tm
     assert epochs["n"] == 3 and epochs["mean"] == 5 and epochs["sd"] == 0
 
 
+def test_compare_runs_reads_a_group_back_from_committed_records(tmp_path):
+    a = [_evaluated_run(tmp_path / f"a{s}", s, {"knn.top1": 0.2 + 0.1 * s}, epochs=6, best=4) for s in range(3)]
+    b = [_evaluated_run(tmp_path / f"b{s}", s, {"knn.top1": 0.6 + 0.1 * s}, epochs=5, best=5) for s in range(3)]
+    first = tmp_path / "first"
+    compare_runs.main(["--group", "old", *map(str, a), "--out", str(first)])
+    records = Path(f"{first}_trainings.json")
+    # the run folders of 'old' are gone; the records stand in for them, in the order given (first - second)
+    for run in a:
+        (run / "eval" / "test" / "metrics.json").unlink()
+    out = tmp_path / "again"
+    table = compare_runs.main(["--records", "default", str(records), "old", "--group", "new", *map(str, b),
+                               "--out", str(out)])
+    assert list(table["group"]) == ["default"] * 3 + ["new"] * 3
+    np.testing.assert_allclose(table["knn.top1"], [0.2, 0.3, 0.4, 0.6, 0.7, 0.8])
+    assert list(table["epochs_run"])[:3] == [6, 6, 6]
+    diff = pd.read_csv(f"{out}_difference.csv").iloc[0]
+    assert diff["difference"] == pytest.approx(-0.4)
+    with pytest.raises(SystemExit, match="no training of group 'missing'"):
+        compare_runs.main(["--records", "x", str(records), "missing"])
+
+
 def test_compare_runs_pairs_two_scores_within_each_training(tmp_path):
     runs = [_evaluated_run(tmp_path / f"r{s}", s, {"probe.embedding": 0.5 + 0.1 * s, "probe.pixels": 0.4 + 0.1 * s},
                            epochs=3, best=3) for s in range(4)]
