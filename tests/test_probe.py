@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cytoself_jax.analysis import probe
+from cytoself_jax.analysis import probe, probe_fit
 from cytoself_jax.analysis.common import AnalysisInputError
 
 
@@ -89,17 +89,17 @@ def _slow_selection(train_x, train_y, val_x, val_y, pixels):
     from sklearn.metrics import f1_score
 
     best = None
-    for k in (sorted({min(k, len(train_x) - 1, train_x.shape[1]) for k in probe.PCA_GRID}) if pixels else [None]):
+    for k in (sorted({min(k, len(train_x) - 1, train_x.shape[1]) for k in probe_fit.PCA_GRID}) if pixels else [None]):
         scores = []
-        for c in sorted(probe.C_GRID):
+        for c in sorted(probe_fit.C_GRID):
             model = probe.pixel_pipeline(k, 0, C=c) if pixels else probe.embedding_pipeline(C=c)
             predicted = model.fit(train_x, train_y).predict(val_x)
             score = f1_score(val_y, predicted, labels=np.unique(val_y), average="macro", zero_division=0)
             if best is None or score > best[0] + 1e-12:
                 best = (score, c, k)
             scores.append(score)
-            tail = scores[-probe.C_PATIENCE:]
-            if len(scores) > probe.C_PATIENCE and all(t <= max(scores[:-probe.C_PATIENCE]) for t in tail):
+            tail = scores[-probe_fit.C_PATIENCE:]
+            if len(scores) > probe_fit.C_PATIENCE and all(t <= max(scores[:-probe_fit.C_PATIENCE]) for t in tail):
                 break
     return best
 
@@ -114,7 +114,7 @@ def test_settings_are_chosen_on_validation_as_a_slow_grid_search_would(pixels):
         return centres[np.searchsorted(["a", "b", "c"], y)] + rng.normal(size=(3 * n, 40)), y
 
     (train_x, train_y), (val_x, val_y) = draw(20), draw(30)
-    fitted = probe.fit_probe(train_x, train_y, val_x, val_y, pixels=pixels)
+    fitted = probe_fit.fit_probe(train_x, train_y, val_x, val_y, pixels=pixels)
     score, c, k = _slow_selection(train_x, train_y, val_x, val_y, pixels)
     assert (fitted.C, fitted.pca_components, fitted.selected_on) == (c, k, "val")
     assert fitted.val_macro_f1 == pytest.approx(score, abs=1e-9)
@@ -131,16 +131,16 @@ def test_parallel_paths_fit_exactly_what_one_process_fits(monkeypatch):
     train_x, val_x = (centres[np.searchsorted(list("abcd"), y)] + rng.normal(size=(100, 60)) for _ in range(2))
     calls = []
     monkeypatch.setattr("joblib.cpu_count", lambda: 2)  # worker processes even on a one-core machine
-    parallel = probe.fit_probe(train_x, y, val_x, y, pixels=True)
-    monkeypatch.setattr(probe, "in_processes", lambda fn, args: calls.append(len(args)) or [fn(*a) for a in args])
-    probe._FITS.clear()  # fit again, not recall the fit above
-    serial = probe.fit_probe(train_x, y, val_x, y, pixels=True)
-    assert calls == [len({min(k, 60) for k in probe.PCA_GRID})]  # components capped at the 60 features
+    parallel = probe_fit.fit_probe(train_x, y, val_x, y, pixels=True)
+    monkeypatch.setattr(probe_fit, "in_processes", lambda fn, args: calls.append(len(args)) or [fn(*a) for a in args])
+    probe_fit._FITS.clear()  # fit again, not recall the fit above
+    serial = probe_fit.fit_probe(train_x, y, val_x, y, pixels=True)
+    assert calls == [len({min(k, 60) for k in probe_fit.PCA_GRID})]  # components capped at the 60 features
     assert (parallel.C, parallel.pca_components, parallel.val_macro_f1) == \
         (serial.C, serial.pca_components, serial.val_macro_f1)
     np.testing.assert_array_equal(parallel.classifier.coef_, serial.classifier.coef_)
     np.testing.assert_array_equal(parallel.predict(val_x), serial.predict(val_x))
-    assert probe.in_processes(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
+    assert probe_fit.in_processes(divmod, [(7, 2), (9, 4), (1, 1)]) == [(3, 1), (2, 1), (1, 0)]
 
 
 def test_a_fit_with_the_inputs_of_a_recent_one_is_that_fit(monkeypatch):
@@ -149,22 +149,49 @@ def test_a_fit_with_the_inputs_of_a_recent_one_is_that_fit(monkeypatch):
     rng = np.random.default_rng(8)
     x, y = rng.normal(size=(60, 30)), np.repeat(list("abc"), 20)
     fits = []
-    real = probe._fit_probe
-    monkeypatch.setattr(probe, "_fit_probe", lambda *a: fits.append(1) or real(*a))
-    first = probe.fit_probe(x, y, x[:30], y[:30], pixels=True)
-    assert probe.fit_probe(x.copy(), y.astype(object), x[:30], y[:30], pixels=True) is first and len(fits) == 1
+    real = probe_fit._paths  # planned once per probe fitted
+    monkeypatch.setattr(probe_fit, "_paths", lambda *a: fits.append(1) or real(*a))
+    first = probe_fit.fit_probe(x, y, x[:30], y[:30], pixels=True)
+    assert probe_fit.fit_probe(x.copy(), y.astype(object), x[:30], y[:30], pixels=True) is first and len(fits) == 1
     changed_label = y.copy()
     changed_label[0] = "b"
     changed_pixel = x.copy()
     changed_pixel[5, 7] += 1e-6
     for args, kwargs in [((x, changed_label, x[:30], y[:30]), {}), ((changed_pixel, y, x[:30], y[:30]), {}),
                          ((x, y, x[:30], y[:30]), {"seed": 1}), ((x, y), {})]:
-        refit = probe.fit_probe(*args, pixels=True, **kwargs)
+        refit = probe_fit.fit_probe(*args, pixels=True, **kwargs)
         assert refit is not first
     assert len(fits) == 5
-    again = real(x, y, x[:30], y[:30], True, probe.C_GRID, probe.PCA_GRID, 0)  # a refit gives the same probe
+    probe_fit._FITS.clear()
+    again = probe_fit.fit_probe(x, y, x[:30], y[:30], pixels=True)  # a refit gives the same probe
+    assert again is not first and len(fits) == 6
     assert (again.C, again.pca_components, again.val_macro_f1) == (first.C, first.pca_components, first.val_macro_f1)
     np.testing.assert_array_equal(again.classifier.coef_, first.classifier.coef_)
+
+
+def test_probes_fitted_together_are_the_probes_fitted_alone(monkeypatch):
+    # run_probes fits all its probes in one pool (the costliest paths first): each is what fit_probe gives alone,
+    # a problem given twice is fitted once, and the pool gets every path of every probe at once
+    rng = np.random.default_rng(9)
+    centres = rng.normal(scale=0.5, size=(5, 40))
+    y = np.repeat(list("abcde"), 16)
+    x, val_x = (centres[np.searchsorted(list("abcde"), y)] + rng.normal(size=(80, 40)) for _ in range(2))
+    family = np.where(np.isin(y, ["a", "b"]), "one", "two")
+    problems = [dict(train_x=x, train_y=y, val_x=val_x, val_y=y, pixels=True),
+                dict(train_x=x, train_y=family, val_x=val_x, val_y=family),
+                dict(train_x=x, train_y=y, val_x=val_x, val_y=y, pixels=True)]
+    pools = []
+    real = probe_fit.in_processes
+    monkeypatch.setattr(probe_fit, "in_processes", lambda fn, args: pools.append(len(args)) or real(fn, args))
+    together = probe_fit.fit_probes(problems)
+    assert pools == [len({min(k, 40) for k in probe_fit.PCA_GRID}) + 1] and together[2] is together[0]
+    probe_fit._FITS.clear()
+    alone = [probe_fit.fit_probe(**problem) for problem in problems[:2]]
+    for a, b in zip(together, alone):
+        assert (a.C, a.pca_components, a.val_macro_f1) == (b.C, b.pca_components, b.val_macro_f1)
+        np.testing.assert_array_equal(a.classifier.coef_, b.classifier.coef_)
+        np.testing.assert_array_equal(a.classes, b.classes)
+
 
 def test_score_predictions_against_sklearn_with_intervals_and_chance():
     from sklearn.metrics import balanced_accuracy_score, f1_score
@@ -205,7 +232,7 @@ def test_majority_row_and_run_probes_with_validation(tmp_path):
     floor = result["family"]["majority"]
     assert floor["accuracy"] == pytest.approx(0.5) and floor["balanced_accuracy"] == pytest.approx(1 / 3)
     assert result["family"]["embedding"]["selected_on"] == "val"
-    assert result["family"]["embedding"]["C"] in probe.C_GRID
+    assert result["family"]["embedding"]["C"] in probe_fit.C_GRID
     assert result["family"]["pixels"]["pca_components"] in {16, 30}  # the grid capped at the 30 pixel features
     emb = result["protein"]["embedding"]["scores"]["balanced_accuracy"]
     assert emb["value"] > 0.9 and emb["groups"] == 6 and emb["low"] <= emb["value"] <= emb["high"]
@@ -215,7 +242,7 @@ def test_majority_row_and_run_probes_with_validation(tmp_path):
     assert written.loc[written["features"] != "majority", "selected_on"].eq("val").all()
 
 
-def test_transfer_probe_places_unseen_proteins_by_family():
+def test_transfer_probes_place_unseen_proteins_by_family():
     rng = np.random.default_rng(5)
     family_centre = {"nucleus": np.full(6, 3.0), "er": np.full(6, -3.0), "golgi": np.r_[np.full(3, 3.0),
                                                                                         np.full(3, -3.0)]}
@@ -228,8 +255,8 @@ def test_transfer_probe_places_unseen_proteins_by_family():
     val_x, val_f = crops(["nucleus"] * 10 + ["er"] * 10)
     unseen_x, unseen_f = crops(["nucleus"] * 12 + ["er"] * 12 + ["golgi"] * 5)  # no seen protein is golgi
     groups = np.array([f"u{i // 4}" for i in range(len(unseen_f))])
-    result = probe.transfer_probe("embedding", seen_x, seen_f, unseen_x, unseen_f, val_x, val_f,
-                                  unseen_groups=groups, n_boot=200)
+    result = probe.transfer_probes({"embedding": (seen_x, unseen_x, val_x)}, seen_f, unseen_f, val_f,
+                                   unseen_groups=groups, n_boot=200)["embedding"]
     assert (result.test, result.test_unseen, result.classes) == (24, 5, 2)
     assert result.scores["macro_f1"].value > 0.95 and result.scores["macro_f1"].basis.startswith("crops of proteins")
 
@@ -242,4 +269,4 @@ def test_macro_f1_from_counts_equals_sklearn():
         truth = rng.choice([f"c{i}" for i in range(n_true)], 200)
         predicted = rng.choice([f"c{i}" for i in range(n_pred)], 200)
         expected = f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
-        assert probe._macro_f1(truth, predicted) == pytest.approx(expected, abs=1e-12)
+        assert probe_fit.macro_f1(truth, predicted) == pytest.approx(expected, abs=1e-12)

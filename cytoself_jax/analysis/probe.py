@@ -7,33 +7,25 @@ the pixels of every channel the model reads, normalized as the model sees them (
 own regularization C (and the pixel side its number of principal components), chosen on the validation split, so
 neither side is handicapped by a setting tuned for the other. Beside them the majority-class row (always the most
 frequent training class): the floor. Scores carry cluster-bootstrap intervals over fields of view
-(analysis/uncertainty.py). transfer_probe trains on proteins the model saw and tests on proteins it never saw.
+(analysis/uncertainty.py). transfer_probes train on proteins the model saw and test on proteins it never saw.
+Fitting (C and PCA size chosen on validation, the paths of all probes in one pool of workers): analysis/probe_fit.py.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import math
-import warnings
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis.common import as_labels, as_matrix, fail
-from cytoself_jax.analysis.parallel import in_processes
+from cytoself_jax.analysis.probe_fit import DEFAULT_C, PIXEL_COMPONENTS, LinearProbe, fit_probes, macro_f1
 from cytoself_jax.analysis.scores import NON_CLASSES, macro_mean
 from cytoself_jax.analysis.records import Score
 from cytoself_jax.analysis.uncertainty import bootstrap_ci, bootstrap_mean_ci
 
-C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 regularization strengths tried on validation
-GRID_MAX_ITER = 300  # L-BFGS iterations per fit of the grid (warm-started along C); validation judges the fit
-C_PATIENCE = 2  # along the C path, stop after this many values in a row that do not beat the path's best
-PCA_GRID = (16, 32, 64, 128, 256)  # principal components of the pixel side tried on validation
-DEFAULT_C, PIXEL_COMPONENTS = 1.0, 50  # the settings used when no validation split is given
 METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
 
 
@@ -72,161 +64,6 @@ def embedding_pipeline(C: float = DEFAULT_C):
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearProbe:
-    """A fitted probe: standardize, (pixels: project on the first `pca_components` principal components),
-    logistic regression with inverse regularization C. selected_on: 'val' (C and components chosen by the
-    validation macro-F1, val_macro_f1) or 'defaults' (C=1, 50 components: no validation split given)."""
-
-    scaler: Any
-    pca: Any
-    classifier: Any
-    C: float
-    pca_components: int | None
-    selected_on: str
-    val_macro_f1: float
-
-    def features(self, x: np.ndarray) -> np.ndarray:
-        z = self.scaler.transform(x)
-        return z if self.pca is None else self.pca.transform(z)[:, :self.pca_components]
-
-    def predict(self, x) -> np.ndarray:
-        return self.classifier.predict(self.features(np.asarray(x)))
-
-    @property
-    def classes(self) -> np.ndarray:
-        return self.classifier.classes_
-
-
-def _macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Macro-F1 over the classes present in `truth` (a predicted class never true is a false positive only): as
-    sklearn's f1_score(labels=classes of truth, average='macro'), from counts, as the bootstrap calls it for every
-    replicate. Per class F1 = 2 TP / (true count + predicted count)."""
-    classes, t = np.unique(np.asarray(truth), return_inverse=True)
-    predicted = np.asarray(predicted)
-    at = np.clip(np.searchsorted(classes, predicted), 0, len(classes) - 1)
-    p = np.where(classes[at] == predicted, at, -1)  # -1: a class never true
-    k = len(classes)
-    tp = np.bincount(t[p == t], minlength=k)
-    return float(np.mean(2 * tp / (np.bincount(t, minlength=k) + np.bincount(p[p >= 0], minlength=k))))
-
-
-def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_grid: Sequence[float] = C_GRID,
-              pca_grid: Sequence[int] = PCA_GRID, seed: int = 0) -> LinearProbe:
-    """Fit a linear probe on (train_x (N, d), train_y (N,)), its C (and for pixels the number of principal
-    components) chosen by macro-F1 on (val_x, val_y) (val rows of classes seen in training); ties go to the smaller
-    C and fewer components. Without a validation split: C=1 and 50 components. The components tried are the first k
-    of one PCA fitted on train (capped at train rows - 1 and d); C runs from small to large, each fit starting from
-    the last (the same optimum: the problem is convex), and a path stops after C_PATIENCE values in a row that do
-    not beat its best (weaker regularization past the best overfits more and needs the most iterations)."""
-    where = "fit_probe"
-    train_x = as_matrix(train_x, where, "train_x", flatten=True)
-    train_y = as_labels(train_y, len(train_x), where, "train_y")
-    if len(np.unique(train_y)) < 2:
-        raise fail(where, "train_y", f"expected at least 2 classes to train on, got {list(np.unique(train_y))}")
-    has_val = val_x is not None
-    if has_val:
-        val_x = as_matrix(val_x, where, "val_x", flatten=True)
-        if val_x.shape[1] != train_x.shape[1]:
-            raise fail(where, "val_x", f"expected {train_x.shape[1]} features like train_x, got {val_x.shape[1]}")
-        val_y = as_labels(val_y, len(val_x), where, "val_y")
-        seen = np.isin(val_y, train_y)
-        if not seen.any():
-            raise fail(where, "val_y", "expected validation rows of a class seen in training, found none")
-        val_x, val_y = val_x[seen], val_y[seen]
-    return _remembered(("fit_probe", train_x, train_y, val_x, val_y, pixels, tuple(c_grid), tuple(pca_grid), seed),
-                       lambda: _fit_probe(train_x, train_y, val_x, val_y, pixels, c_grid, pca_grid, seed))
-
-
-def _fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
-               pixels: bool, c_grid: Sequence[float], pca_grid: Sequence[int], seed: int) -> LinearProbe:
-    """fit_probe on checked inputs."""
-    has_val = val_x is not None
-    cap = max(1, min(len(train_x) - 1, train_x.shape[1]))
-    grid_k = sorted({min(k, cap) for k in (pca_grid if has_val else (PIXEL_COMPONENTS,))}) if pixels else [None]
-    grid_c = sorted(c_grid) if has_val else [DEFAULT_C]
-    scaler, pca, p_train = _remembered(("projection", train_x, pixels, max(grid_k) if pixels else 0, seed),
-                                       lambda: _projection(train_x, max(grid_k) if pixels else 0, seed))
-    p_val = (pca.transform(scaler.transform(val_x)) if pixels else scaler.transform(val_x)) if has_val else None
-    # Each number of components is its own path along C (warm-started fits), independent of the others: the paths
-    # run in parallel worker processes; the best is the first maximum in (components, C) order either way.
-    paths = [(p_train[:, :k], p_val[:, :k] if has_val else None, k) for k in grid_k]
-    found = in_processes(_c_path, [(x, train_y, v, val_y, grid_c, k) for x, v, k in paths])
-    score, c, k, classifier = max(found, key=lambda f: f[0])  # the first of equal scores: fewer components
-    return LinearProbe(scaler=scaler, pca=pca, classifier=classifier, C=c, pca_components=k,
-                       selected_on="val" if has_val else "defaults", val_macro_f1=score)
-
-
-def _projection(train_x: np.ndarray, components: int, seed: int) -> tuple[Any, Any, np.ndarray]:
-    """(fitted StandardScaler, fitted PCA of `components` components or None for 0, train_x projected)."""
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(train_x)
-    z_train = scaler.transform(train_x)
-    if not components:
-        return scaler, None, z_train
-    pca = PCA(components, random_state=seed).fit(z_train)
-    return scaler, pca, pca.transform(z_train)
-
-
-# The last few fits (probes and pixel projections) by a digest of their inputs: one evaluation fits the same ones in
-# several evaluators (linear_probe and unseen_proteins train on the same crops; a family and a protein probe
-# project the same pixels), and a fit is a deterministic function of its inputs, so the copy is what a refit gives.
-_FITS: OrderedDict[str, Any] = OrderedDict()
-_FITS_KEPT = 4
-
-
-def _digest(parts: tuple) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, np.ndarray):
-            h.update(f"{part.shape}{part.dtype.str}".encode())
-            h.update("\0".join(map(str, part.ravel())).encode() if part.dtype == object else
-                     np.ascontiguousarray(part).tobytes())
-        else:
-            h.update(repr(part).encode())
-        h.update(b"|")
-    return h.hexdigest()
-
-
-def _remembered(parts: tuple, compute: Callable[[], Any]) -> Any:
-    """compute(), or its result for the same inputs `parts` if one of the last _FITS_KEPT fits had them."""
-    key = _digest(parts)
-    if key in _FITS:
-        _FITS.move_to_end(key)
-        return _FITS[key]
-    _FITS[key] = value = compute()
-    while len(_FITS) > _FITS_KEPT:
-        _FITS.popitem(last=False)
-    return value
-
-
-def _c_path(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
-            grid_c: Sequence[float], k: int | None) -> tuple[float, float, int | None, Any]:
-    """(validation macro-F1, C, k, fitted classifier) of the best C along one path of fit_probe: C from small to
-    large, each fit starting from the last, stopping after C_PATIENCE values in a row that do not beat the path's
-    best; ties go to the smaller C. Without validation data the one C is fitted and scored NaN."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    classifier = LogisticRegression(max_iter=GRID_MAX_ITER, warm_start=True)
-    best, worse = None, 0
-    for c in grid_c:
-        with warnings.catch_warnings():  # a large C may stop at max_iter; the validation score judges it
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            classifier.set_params(C=c).fit(train_x, train_y)
-        score = _macro_f1(val_y, classifier.predict(val_x)) if val_x is not None else math.nan
-        if best is None or score > best[0]:
-            best, worse = (score, c, k, copy.deepcopy(classifier)), 0
-        else:  # weaker regularization past the path's best only overfits more, and costs the most iterations
-            worse += 1
-            if worse >= C_PATIENCE:
-                break
-    return best
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,12 +120,12 @@ def score_predictions(truth, predicted, n_classes: int, groups=None, strata=None
     chance = _chance(truth, n_classes)
     boot = dict(n_boot=n_boot, seed=seed, strata=strata)
     if groups is None or len(np.unique(as_labels(groups, len(truth), where, "groups"))) < 2:
-        values = {"macro_f1": _macro_f1(truth, predicted), "balanced_accuracy": macro_mean(correct, truth),
+        values = {"macro_f1": macro_f1(truth, predicted), "balanced_accuracy": macro_mean(correct, truth),
                   "accuracy": float(correct.mean())}
         return {m: Score(m, m, values[m], basis=on, chance=chance[m], n=len(truth),
                          groups=None if groups is None else 1) for m in METRICS}
     intervals = {
-        "macro_f1": bootstrap_ci(lambda rows: _macro_f1(truth[rows], predicted[rows]), groups, **boot),
+        "macro_f1": bootstrap_ci(lambda rows: macro_f1(truth[rows], predicted[rows]), groups, **boot),
         "balanced_accuracy": bootstrap_mean_ci(correct, groups, by=truth, **boot),
         "accuracy": bootstrap_mean_ci(correct, groups, **boot),
     }
@@ -307,29 +144,55 @@ def evaluate_probe(features: str, target: str, train_x, train_y, test_x, test_y,
     test rows of classes seen in training (score_predictions; the others counted in test_unseen). For target 'family',
     rows labelled NON_CLASSES are left out everywhere and the bootstrap keeps each family's number of fields
     (strata); groups (N_test,) are the test rows' fields of view."""
+    return evaluate_probes([dict(features=features, target=target, train_x=train_x, train_y=train_y, test_x=test_x,
+                                 test_y=test_y, val_x=val_x, val_y=val_y, pixels=pixels, groups=groups,
+                                 n_boot=n_boot, seed=seed, on=on)])[0]
+
+
+def evaluate_probes(probes: Sequence[dict]) -> list[ProbeResult]:
+    """evaluate_probe for several probes, each a dict of its arguments: fitted together (fit_probes: all their
+    paths in one pool of worker processes), then each scored; the results are those of evaluate_probe alone."""
+    prepared = [_probe_problem(**spec) for spec in probes]
+    fitted = fit_probes([problem for problem, _ in prepared])
+    return [_scored(fit, **score_args) for fit, (_, score_args) in zip(fitted, prepared)]
+
+
+def _probe_problem(features: str, target: str, train_x, train_y, test_x, test_y, val_x=None, val_y=None,
+                   pixels: bool = False, groups=None, n_boot: int = 1000, seed: int = 0, on: str = ""
+                   ) -> tuple[dict, dict]:
+    """(fit_probe's arguments, _scored's arguments) of one evaluate_probe, its inputs checked and the rows of
+    target 'family' without a family left out."""
     where = "evaluate_probe"
     train_y = as_labels(train_y, len(np.asarray(train_y)), where, "train_y")
     test_y = as_labels(test_y, len(np.asarray(test_y)), where, "test_y")
     test_x = as_matrix(test_x, where, "test_x", flatten=True)
     keep_train, keep_test = _annotated(train_y, target), _annotated(test_y, target)
-    val = (None, None)
+    val = dict(val_x=None, val_y=None)
     if val_x is not None:
         val_y = as_labels(val_y, len(np.asarray(val_y)), where, "val_y")
         keep_val = _annotated(val_y, target)
-        val = (as_matrix(val_x, where, "val_x", flatten=True)[keep_val], val_y[keep_val])
+        val = dict(val_x=as_matrix(val_x, where, "val_x", flatten=True)[keep_val], val_y=val_y[keep_val])
     train_x = as_matrix(train_x, where, "train_x", flatten=True)
-    probe = fit_probe(train_x[keep_train], train_y[keep_train], *val, pixels=pixels, seed=seed)
+    problem = dict(train_x=train_x[keep_train], train_y=train_y[keep_train], **val, pixels=pixels, seed=seed)
+    return problem, dict(features=features, target=target, trained=int(keep_train.sum()), test_x=test_x,
+                         test_y=test_y, keep_test=keep_test, groups=groups, n_boot=n_boot, seed=seed, on=on)
+
+
+def _scored(probe: LinearProbe, features: str, target: str, trained: int, test_x: np.ndarray, test_y: np.ndarray,
+            keep_test: np.ndarray, groups, n_boot: int, seed: int, on: str) -> ProbeResult:
+    """A fitted probe scored on the kept test rows of a class it was trained on (evaluate_probe)."""
+    where = "evaluate_probe"
     seen = keep_test & np.isin(test_y, probe.classes)
     if not seen.any():
         raise fail(where, "test_y", "expected test rows of a class seen in training, found none")
     truth = test_y[seen]
     groups_seen = None if groups is None else as_labels(groups, len(test_y), where, "groups")[seen]
     scores = score_predictions(truth, probe.predict(test_x[seen]), len(probe.classes), groups_seen,
-                         strata=truth if (target == "family" and groups is not None) else None, n_boot=n_boot,
-                         seed=seed, on=on)
-    return ProbeResult(features=features, target=target, scores=scores, classes=len(probe.classes),
-                       train=int(keep_train.sum()), test=int(seen.sum()), test_unseen=int((keep_test & ~seen).sum()),
-                       C=probe.C, pca_components=probe.pca_components, selected_on=probe.selected_on,
+                               strata=truth if (target == "family" and groups is not None) else None,
+                               n_boot=n_boot, seed=seed, on=on)
+    return ProbeResult(features=features, target=target, scores=scores, classes=len(probe.classes), train=trained,
+                       test=int(seen.sum()), test_unseen=int((keep_test & ~seen).sum()), C=probe.C,
+                       pca_components=probe.pca_components, selected_on=probe.selected_on,
                        val_macro_f1=probe.val_macro_f1)
 
 
@@ -356,15 +219,20 @@ def majority_probe(target: str, train_y, test_y, groups=None, n_boot: int = 1000
                        test=int(seen.sum()), test_unseen=int((keep_test & ~seen).sum()))
 
 
-def transfer_probe(features: str, seen_x, seen_family, unseen_x, unseen_family, val_x=None, val_family=None,
-                   pixels: bool = False, unseen_groups=None, n_boot: int = 1000, seed: int = 0) -> ProbeResult:
-    """Localization family of proteins the model never saw: a probe fitted on crops of the proteins it trained on
-    (seen_x (N, d), seen_family (N,); C chosen on val_x/val_family, seen proteins' validation crops), scored on
-    crops of the held-out proteins (unseen_x (M, d), unseen_family (M,)), with intervals over unseen_groups (M,)
-    (their fields of view). A held-out protein of a family no seen protein has counts in test_unseen."""
-    return evaluate_probe(features, "family", seen_x, seen_family, unseen_x, unseen_family, val_x, val_family,
-                          pixels=pixels, groups=unseen_groups, n_boot=n_boot, seed=seed,
-                          on="crops of proteins held out of training")
+def transfer_probes(features: dict[str, tuple], seen_family, unseen_family, val_family=None, unseen_groups=None,
+                    n_boot: int = 1000, seed: int = 0) -> dict[str, ProbeResult]:
+    """Localization family of proteins the model never saw, per feature set name -> (seen_x (N, d), unseen_x
+    (M, d), val_x (V, d) or None); 'pixels' gets the PCA side: a probe fitted on crops of the proteins it trained on
+    (family seen_family (N,); C chosen on val_x / val_family, seen proteins' validation crops), scored on crops of
+    the held-out proteins (unseen_family (M,)), with intervals over unseen_groups (M,) (their fields of view). A
+    held-out protein of a family no seen protein has counts in test_unseen. The probes are fitted together."""
+    names = list(features)
+    return dict(zip(names, evaluate_probes([
+        dict(features=name, target="family", train_x=features[name][0], train_y=seen_family,
+             test_x=features[name][1], test_y=unseen_family, val_x=features[name][2],
+             val_y=val_family if features[name][2] is not None else None, pixels=name == "pixels",
+             groups=unseen_groups, n_boot=n_boot, seed=seed, on="crops of proteins held out of training")
+        for name in names])))
 
 
 def probe_scores(pipeline, train_x, train_labels, test_x, test_labels) -> dict:
@@ -435,26 +303,33 @@ def run_probes(out: Path, features: dict[str, tuple], train_table: pd.DataFrame,
     column (when present), plus the majority-class row. Writes out/probe.csv (columns: PROBE_COLUMNS) and returns
     {target: {features: ProbeResult.summary() or None}} (None: fewer than 2 classes, or no test row of a seen one).
     """
-    rows, result = [], {}
     groups = test_table["fov"].astype(str).to_numpy() if "fov" in test_table else None
+    labels, specs = {}, []
     for target in targets:
         train_y = train_table[target].fillna("").astype(str).to_numpy()
         test_y = test_table[target].fillna("").astype(str).to_numpy()
         val_y = None if val_table is None else val_table[target].fillna("").astype(str).to_numpy()
-        result[target] = {}
         keep_train, keep_test = _annotated(train_y, target), _annotated(test_y, target)
         if len(np.unique(train_y[keep_train])) < 2 or not np.isin(test_y[keep_test], train_y[keep_train]).any():
+            continue
+        labels[target] = train_y, test_y
+        for name, arrays in features.items():
+            val_x = arrays[1] if len(arrays) == 3 and val_table is not None else None
+            specs.append(dict(features=name, target=target, train_x=arrays[0], train_y=train_y, test_x=arrays[-1],
+                              test_y=test_y, val_x=val_x, val_y=val_y if val_x is not None else None,
+                              pixels=name == "pixels", groups=groups, n_boot=n_boot, seed=seed, on=tested_on))
+    fitted = iter(evaluate_probes(specs))  # every probe's paths in one pool; in the order of specs
+    rows, result = [], {}
+    for target in targets:
+        if target not in labels:
             result[target] = {name: None for name in (*features, "majority")}
             continue
-        for name, arrays in features.items():
-            train_x, test_x = arrays[0], arrays[-1]
-            val_x = arrays[1] if len(arrays) == 3 and val_table is not None else None
-            probe = evaluate_probe(name, target, train_x, train_y, test_x, test_y, val_x,
-                                   val_y if val_x is not None else None, pixels=name == "pixels", groups=groups,
-                                   n_boot=n_boot, seed=seed, on=tested_on)
+        result[target] = {}
+        for name in features:
+            probe = next(fitted)
             result[target][name] = probe.summary()
             rows.append(_csv_row(probe, trained_on, tested_on))
-        floor = majority_probe(target, train_y, test_y, groups=groups, n_boot=n_boot, seed=seed, on=tested_on)
+        floor = majority_probe(target, *labels[target], groups=groups, n_boot=n_boot, seed=seed, on=tested_on)
         result[target]["majority"] = floor.summary()
         rows.append(_csv_row(floor, trained_on, tested_on))
     pd.DataFrame(rows).to_csv(Path(out) / "probe.csv", index=False, float_format="%.4f")

@@ -79,18 +79,17 @@ def evaluate(ctx: EvalContext) -> Evaluation:
                                           None if validation is None else validation[0]))}
     val_family = None if validation is None else column["family"][validation[0]]
     details["probe"] = {}
-    for name, (seen_x, unseen_x, val_x) in sides.items():
-        try:
-            probed = probe.transfer_probe(name, seen_x, k_fam[pick], unseen_x, u_fam, val_x, val_family,
-                                          pixels=name == "pixels", unseen_groups=column["fov"][new_rows],
-                                          n_boot=o.bootstrap, seed=o.seed)
-        except AnalysisInputError as e:
-            result.notes.append(f"unseen proteins: family probe on {name} not scored ({e})")
-            continue
+    try:  # both sides share their labels, so a problem with them is both sides' problem
+        probed = probe.transfer_probes(sides, k_fam[pick], u_fam, val_family, unseen_groups=column["fov"][new_rows],
+                                       n_boot=o.bootstrap, seed=o.seed)
+    except AnalysisInputError as e:
+        probed = {}
+        result.notes += [f"unseen proteins: family probe on {name} not scored ({e})" for name in sides]
+    for name, fitted in probed.items():
         key = "unseen.family_probe_macro_f1" if name == "embedding" else f"unseen.family_probe_{name}_macro_f1"
-        result.scores.append(_labelled(probed.scores["macro_f1"], key,
+        result.scores.append(_labelled(fitted.scores["macro_f1"], key,
                                        f"unseen proteins: family probe on {name} (macro-F1)"))
-        details["probe"][name] = probed.summary()
+        details["probe"][name] = fitted.summary()
 
     families = protein_families(np.concatenate([k_prot, u_prot]), np.concatenate([k_fam, u_fam]))
     near = transfer.nearest_known_proteins(k_x, k_prot, u_x, u_prot, n=min(NEAREST_LISTED, len(set(k_prot))),
