@@ -11,6 +11,7 @@ serves every batch; the padded outputs are dropped.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -32,8 +33,9 @@ class SplitOutputs:
     """Per-crop results of a pass over store rows `index` (N,), in that order.
 
     global_vectors: (N, h2, w2, D2) float32, the global quantized representation (the atlas' embedding);
-    global_indices: (N, h2, w2, S2) int32 and local_indices: (N, h1, w1, S1) int32, the code indices;
-    local_histograms: (N, K1) int32, per-crop counts of each local code (sum h1*w1*S1 per row).
+    global_indices: (N, h2, w2, S2) and local_indices: (N, h1, w1, S1), the code indices, int16 (int32 for a
+    codebook of more than 32,768 codes); local_histograms: (N, K1), per-crop counts of each local code (sum
+    h1*w1*S1 per row), uint16 (int32 above 65,535 positions).
     With local_vectors=True only: local_vectors (N, h1, w1, D1) float32, the local quantized representation.
     With full=True only: class_ranks, head level -> (N,) int32, how many other classes the head scores >= the
     crop's protein (scores.classifier_ranks' rule; num_classes for a protein the run does not know: ranked on the
@@ -56,8 +58,16 @@ class SplitOutputs:
         return len(self.index)
 
 
+def _compact(values: jax.Array, largest: int, small: Any) -> jax.Array:
+    """values in the 16-bit integer type `small` when `largest` (the most they can hold) fits it, else as they are.
+    The indices and histograms are kept for every crop of a pass: at the paper's sizes (2,048 local codes on a
+    25 x 25 map, 9 x 16 global indices) they take 11.3 kB per crop in int32 and 5.6 kB in 16 bits, for the same
+    values (beside 36.9 kB of float32 global vectors)."""
+    return values.astype(small) if largest <= jnp.iinfo(small).max else values
+
+
 def _embed_fn(model, full: bool, local_vectors: bool = False):
-    num_local_codes = model.spec.vq_local.num_codes
+    num_local_codes, num_global_codes = model.spec.vq_local.num_codes, model.spec.vq_global.num_codes
 
     def embed(variables: Any, images: jax.Array, labels: jax.Array) -> dict:
         if full:
@@ -66,11 +76,12 @@ def _embed_fn(model, full: bool, local_vectors: bool = False):
         else:
             # embed runs encoders and quantizers only: no decoder or classifier is computed.
             vq_local, vq_global = model.apply(variables, images, method=model.embed)
+        positions = math.prod(vq_local.indices.shape[1:])
         result = {
             "global_vectors": vq_global.quantized.astype(jnp.float32),
-            "global_indices": vq_global.indices,
-            "local_indices": vq_local.indices,
-            "local_histograms": code_histogram(vq_local.indices, num_local_codes),
+            "global_indices": _compact(vq_global.indices, num_global_codes - 1, jnp.int16),
+            "local_indices": _compact(vq_local.indices, num_local_codes - 1, jnp.int16),
+            "local_histograms": _compact(code_histogram(vq_local.indices, num_local_codes), positions, jnp.uint16),
         }
         if local_vectors:
             result["local_vectors"] = vq_local.quantized.astype(jnp.float32)
