@@ -50,17 +50,23 @@ def _fmt(v) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{v:.3g}"
 
 
-def read_records(path: Path, group: str) -> list[dict]:
+def read_records(path: Path, group: str, eval_dir: str) -> list[dict]:
     """The per-training rows of `group` in a committed OUT_trainings.json (each keeps the commit it was compared
-    at as 'compared_at_commit'); a clear error when the file or the group is not there."""
+    at as 'compared_at_commit'); a one-line error when the file, the group or its eval folder does not fit."""
     try:
         rows = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {path}: expected a per-training records file (OUT_trainings.json): {e}")
-    found = [dict(r) for r in rows if isinstance(r, dict) and r.get("group") == group]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise SystemExit(f"error: {path}: expected a list of per-training records (OUT_trainings.json)")
+    found = [dict(r) for r in rows if r.get("group") == group]
     if not found:
-        names = sorted({str(r.get("group")) for r in rows if isinstance(r, dict)})
+        names = sorted({str(r.get("group")) for r in rows})
         raise SystemExit(f"error: {path}: field 'group': no training of group {group!r} (groups there: {names})")
+    other = sorted({str(r.get("eval_dir")) for r in found} - {eval_dir})
+    if other:
+        raise SystemExit(f"error: {path}: field 'eval_dir': group {group!r} was evaluated in {other}, not "
+                         f"{eval_dir!r} (--eval-dir)")
     return found
 
 
@@ -118,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", nargs="+", action=_InOrder, dest="groups", default=[], metavar=("NAME", "RUN"),
                         help="a name and its run directories; repeat for each group")
-    parser.add_argument("--records", nargs="+", action=_InOrder, dest="groups", default=[], metavar=("NAME", "FILE"),
+    parser.add_argument("--records", nargs="+", action=_InOrder, dest="groups", default=[],
+                        metavar=("NAME", "FILE [GROUP]"),
                         help="NAME FILE [GROUP]: a group read from committed per-training records (an earlier "
                         "OUT_trainings.json), its trainings of GROUP there (default: NAME); repeatable")
     parser.add_argument("--eval-dir", default="test", help="the eval folder under RUN/eval/ (test, test-latest)")
@@ -128,12 +135,17 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                         help="two score keys compared within each training, e.g. probe.family_embedding_macro_f1 "
                         "probe.family_pixels_macro_f1; repeatable")
     args = parser.parse_args(argv)
+    names = [name for _, (name, *_) in args.groups]
+    if not names:
+        parser.error("expected at least one --group or --records")
+    if len(set(names)) < len(names):
+        parser.error(f"group names given twice: {sorted({n for n in names if names.count(n) > 1})}")
     groups: dict[str, list] = {}  # in the order given: the difference is first - second
     for option, (name, *rest) in args.groups:
         if option == "--records":
             if len(rest) not in (1, 2):
                 parser.error(f"--records {name} {' '.join(rest)}: expected NAME FILE [GROUP]")
-            groups[name] = read_records(Path(rest[0]), rest[1] if len(rest) == 2 else name)
+            groups[name] = read_records(Path(rest[0]), rest[1] if len(rest) == 2 else name, args.eval_dir)
             continue
         found = [Path(r) for r in rest if (Path(r) / "eval" / args.eval_dir / "metrics.json").exists()]
         if found:

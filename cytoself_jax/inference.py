@@ -33,7 +33,7 @@ class Embeddings:
     global_vectors (N, h2, w2, D2) float32: the global quantized representation (the atlas' embedding; flatten it
     for a vector per crop); local_vectors (N, h1, w1, D1) float32: the local one; local_indices (N, h1, w1, S1) and
     global_indices (N, h2, w2, S2): code indices, int16 (int32 for codebooks over 32,768 codes); local_histograms
-    (N, K1) uint16 (int32 for maps over 65,535 positions) and global_histograms (N, K2) int32: per-crop code counts
+    (N, K1) int16 (int32 for maps over 32,767 positions) and global_histograms (N, K2) int32: per-crop code counts
     (the local one is the feature spectrum's input). index: the input crop of each
     row (all of them, in order, unless skip_bad_crops left some out; then ``skipped`` counts them).
     """

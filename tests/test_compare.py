@@ -140,6 +140,13 @@ def test_compare_runs_reads_a_group_back_from_committed_records(tmp_path):
     assert diff["difference"] == pytest.approx(-0.4)
     with pytest.raises(SystemExit, match="no training of group 'missing'"):
         compare_runs.main(["--records", "x", str(records), "missing"])
+    # records of another eval folder are not mixed in silently, and a group name means one group
+    with pytest.raises(SystemExit, match=r"field 'eval_dir': group 'old' was evaluated in \['test'\], not 'test-latest'"):
+        compare_runs.main(["--eval-dir", "test-latest", "--records", "x", str(records), "old"])
+    for argv in (["--records", "new", str(records), "old", "--group", "new", *map(str, b)], []):
+        with pytest.raises(SystemExit) as stopped:
+            compare_runs.main(argv)
+        assert stopped.value.code == 2  # argparse's usage error, with its one line on stderr
 
 
 def test_compare_runs_pairs_two_scores_within_each_training(tmp_path):

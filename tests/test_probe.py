@@ -7,6 +7,14 @@ from cytoself_jax.analysis import probe, probe_fit
 from cytoself_jax.analysis.common import AnalysisInputError
 
 
+@pytest.fixture(autouse=True)
+def no_remembered_fits():
+    """Each test fits afresh: the memo of recent fits is module state, shared by every test in the process."""
+    probe_fit._FITS.clear()
+    yield
+    probe_fit._FITS.clear()
+
+
 class FixedPredictions:
     """A 'pipeline' that predicts given labels, to check the scoring alone."""
 
@@ -50,6 +58,13 @@ def test_run_probes_separable_embedding_beats_noise_pixels(tmp_path):
     train, test = np.arange(180) % 3 != 0, np.arange(180) % 3 == 0
     result = probe.run_probes(tmp_path, {"embedding": (embedding[train], embedding[test]),
                                          "pixels": (pixels[train], pixels[test])}, table(train), table(test))
+    # a target with one class is skipped before the others are fitted: the rest keep their own results
+    one_class = lambda rows: table(rows).assign(site="everywhere")  # noqa: E731
+    again = probe.run_probes(tmp_path, {"embedding": (embedding[train], embedding[test]),
+                                        "pixels": (pixels[train], pixels[test])}, one_class(train), one_class(test),
+                             targets=("site", "family", "protein"))
+    assert again["site"] == {"embedding": None, "pixels": None, "majority": None}
+    assert again["family"] == result["family"] and again["protein"] == result["protein"]
     assert result["family"]["embedding"]["macro_f1"] > 0.95
     assert result["protein"]["embedding"]["balanced_accuracy"] > 0.95
     assert result["family"]["pixels"]["balanced_accuracy"] < 0.6  # chance is 1/3
@@ -255,10 +270,25 @@ def test_transfer_probes_place_unseen_proteins_by_family():
     val_x, val_f = crops(["nucleus"] * 10 + ["er"] * 10)
     unseen_x, unseen_f = crops(["nucleus"] * 12 + ["er"] * 12 + ["golgi"] * 5)  # no seen protein is golgi
     groups = np.array([f"u{i // 4}" for i in range(len(unseen_f))])
-    result = probe.transfer_probes({"embedding": (seen_x, unseen_x, val_x)}, seen_f, unseen_f, val_f,
-                                   unseen_groups=groups, n_boot=200)["embedding"]
+    noise = rng.normal(size=(len(seen_f) + len(unseen_f) + len(val_f), 20))
+    bad = noise[len(seen_f):len(seen_f) + len(unseen_f)].copy()
+    bad[3, 4] = np.nan
+    sides = {"embedding": (seen_x, unseen_x, val_x),
+             "pixels": (noise[:len(seen_f)], noise[len(seen_f):len(seen_f) + len(unseen_f)], noise[-len(val_f):]),
+             "broken": (noise[:len(seen_f)], bad, None)}
+    results = probe.transfer_probes(sides, seen_f, unseen_f, val_f, unseen_groups=groups, n_boot=200)
+    result = results["embedding"]
     assert (result.test, result.test_unseen, result.classes) == (24, 5, 2)
     assert result.scores["macro_f1"].value > 0.95 and result.scores["macro_f1"].basis.startswith("crops of proteins")
+    # fitted together, each side is what it is alone; a side with unusable inputs gets its error, not the others
+    alone = probe.transfer_probes({"pixels": sides["pixels"]}, seen_f, unseen_f, val_f, unseen_groups=groups,
+                                  n_boot=200)["pixels"]
+    assert results["pixels"].scores == alone.scores and results["pixels"].pca_components == alone.pca_components
+    assert isinstance(results["broken"], AnalysisInputError)
+    assert str(results["broken"]).startswith("probe of family on broken: test_x: expected finite values")
+    with pytest.raises(AnalysisInputError, match="probe of family on broken: test_x"):
+        probe.evaluate_probes([dict(features="broken", target="family", train_x=sides["broken"][0],
+                                    train_y=seen_f, test_x=bad, test_y=unseen_f)])
 
 
 def test_macro_f1_from_counts_equals_sklearn():

@@ -17,6 +17,12 @@ def fail(where: str, field: str, what: str) -> AnalysisInputError:
     return AnalysisInputError(f"{where}: {field}: {what}")
 
 
+def smallest_int(largest: int) -> type:
+    """int16 when values up to `largest` (>= 0) fit it, else int32: per-crop code indices and counts, kept for
+    every crop of an evaluation and written to its h5ad; signed, so differences of counts do not wrap around."""
+    return np.int16 if largest <= np.iinfo(np.int16).max else np.int32
+
+
 def as_matrix(values, where: str, field: str, flatten: bool = False, min_rows: int = 1) -> np.ndarray:
     """(N, d) float array with finite entries; with flatten=True any (N, ...) array is flattened to (N, prod(...)).
 

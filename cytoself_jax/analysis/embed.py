@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from cytoself_jax.analysis.common import smallest_int
 from cytoself_jax.analysis.scores import pessimistic_ranks
 from cytoself_jax.data.pipeline import make_dataset, normalize_crop
 from cytoself_jax.data.store import CropStore
@@ -33,9 +34,9 @@ class SplitOutputs:
     """Per-crop results of a pass over store rows `index` (N,), in that order.
 
     global_vectors: (N, h2, w2, D2) float32, the global quantized representation (the atlas' embedding);
-    global_indices: (N, h2, w2, S2) and local_indices: (N, h1, w1, S1), the code indices, int16 (int32 for a
-    codebook of more than 32,768 codes); local_histograms: (N, K1), per-crop counts of each local code (sum
-    h1*w1*S1 per row), uint16 (int32 above 65,535 positions).
+    global_indices: (N, h2, w2, S2) and local_indices: (N, h1, w1, S1), the code indices; local_histograms:
+    (N, K1), per-crop counts of each local code (sum h1*w1*S1 per row); all int16 (int32 for a codebook of more
+    than 32,768 codes or a map of more than 32,767 positions).
     With local_vectors=True only: local_vectors (N, h1, w1, D1) float32, the local quantized representation.
     With full=True only: class_ranks, head level -> (N,) int32, how many other classes the head scores >= the
     crop's protein (scores.classifier_ranks' rule; num_classes for a protein the run does not know: ranked on the
@@ -58,12 +59,11 @@ class SplitOutputs:
         return len(self.index)
 
 
-def _compact(values: jax.Array, largest: int, small: Any) -> jax.Array:
-    """values in the 16-bit integer type `small` when `largest` (the most they can hold) fits it, else as they are.
-    The indices and histograms are kept for every crop of a pass: at the paper's sizes (2,048 local codes on a
-    25 x 25 map, 9 x 16 global indices) they take 11.3 kB per crop in int32 and 5.6 kB in 16 bits, for the same
-    values (beside 36.9 kB of float32 global vectors)."""
-    return values.astype(small) if largest <= jnp.iinfo(small).max else values
+def _compact(values: jax.Array, largest: int) -> jax.Array:
+    """values (integers in [0, largest]) in common.smallest_int's type. The indices and histograms are kept for
+    every crop of a pass: at the paper's sizes (2,048 local codes on a 25 x 25 map, 9 x 16 global indices) they take
+    11.3 kB per crop in int32 and 5.6 kB in int16, for the same values (beside 36.9 kB of float32 global vectors)."""
+    return values.astype(smallest_int(largest))
 
 
 def _embed_fn(model, full: bool, local_vectors: bool = False):
@@ -79,9 +79,9 @@ def _embed_fn(model, full: bool, local_vectors: bool = False):
         positions = math.prod(vq_local.indices.shape[1:])
         result = {
             "global_vectors": vq_global.quantized.astype(jnp.float32),
-            "global_indices": _compact(vq_global.indices, num_global_codes - 1, jnp.int16),
-            "local_indices": _compact(vq_local.indices, num_local_codes - 1, jnp.int16),
-            "local_histograms": _compact(code_histogram(vq_local.indices, num_local_codes), positions, jnp.uint16),
+            "global_indices": _compact(vq_global.indices, num_global_codes - 1),
+            "local_indices": _compact(vq_local.indices, num_local_codes - 1),
+            "local_histograms": _compact(code_histogram(vq_local.indices, num_local_codes), positions),
         }
         if local_vectors:
             result["local_vectors"] = vq_local.quantized.astype(jnp.float32)

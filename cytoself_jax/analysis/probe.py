@@ -20,8 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from cytoself_jax.analysis.common import as_labels, as_matrix, fail
-from cytoself_jax.analysis.probe_fit import DEFAULT_C, PIXEL_COMPONENTS, LinearProbe, fit_probes, macro_f1
+from cytoself_jax.analysis.common import AnalysisInputError, as_labels, as_matrix, fail
+from cytoself_jax.analysis.probe_fit import (DEFAULT_C, PIXEL_COMPONENTS, LinearProbe, check_problem, fit_checked,
+                                            macro_f1, rows_kept)
 from cytoself_jax.analysis.scores import NON_CLASSES, macro_mean
 from cytoself_jax.analysis.records import Score
 from cytoself_jax.analysis.uncertainty import bootstrap_ci, bootstrap_mean_ci
@@ -149,12 +150,35 @@ def evaluate_probe(features: str, target: str, train_x, train_y, test_x, test_y,
                                  n_boot=n_boot, seed=seed, on=on)])[0]
 
 
-def evaluate_probes(probes: Sequence[dict]) -> list[ProbeResult]:
-    """evaluate_probe for several probes, each a dict of its arguments: fitted together (fit_probes: all their
-    paths in one pool of worker processes), then each scored; the results are those of evaluate_probe alone."""
-    prepared = [_probe_problem(**spec) for spec in probes]
-    fitted = fit_probes([problem for problem, _ in prepared])
-    return [_scored(fit, **score_args) for fit, (_, score_args) in zip(fitted, prepared)]
+def evaluate_probes(probes: Sequence[dict], keep_errors: bool = False) -> list:
+    """evaluate_probe for several probes, each a dict of its arguments: fitted together (probe_fit.fit_checked:
+    all their paths in one pool of worker processes), then each scored; each result is evaluate_probe's alone.
+    A probe whose inputs are unusable raises its AnalysisInputError, or with keep_errors gets it in its place
+    (the others are still fitted and scored)."""
+    prepared = []
+    for spec in probes:
+        try:
+            problem, score_args = _probe_problem(**spec)
+            prepared.append((check_problem(**problem, where=f"probe of {spec['target']} on {spec['features']}"),
+                             score_args))
+        except AnalysisInputError as e:
+            if not keep_errors:
+                raise
+            prepared.append(e)
+    fits = iter(fit_checked([p[0] for p in prepared if not isinstance(p, AnalysisInputError)]))
+    results = []
+    for p in prepared:
+        if isinstance(p, AnalysisInputError):
+            results.append(p)
+            continue
+        fitted = next(fits)
+        try:
+            results.append(_scored(fitted, **p[1]))
+        except AnalysisInputError as e:
+            if not keep_errors:
+                raise
+            results.append(e)
+    return results
 
 
 def _probe_problem(features: str, target: str, train_x, train_y, test_x, test_y, val_x=None, val_y=None,
@@ -162,18 +186,22 @@ def _probe_problem(features: str, target: str, train_x, train_y, test_x, test_y,
                    ) -> tuple[dict, dict]:
     """(fit_probe's arguments, _scored's arguments) of one evaluate_probe, its inputs checked and the rows of
     target 'family' without a family left out."""
-    where = "evaluate_probe"
-    train_y = as_labels(train_y, len(np.asarray(train_y)), where, "train_y")
-    test_y = as_labels(test_y, len(np.asarray(test_y)), where, "test_y")
+    where = f"probe of {target} on {features}"
+    train_x = as_matrix(train_x, where, "train_x", flatten=True)
+    train_y = as_labels(train_y, len(train_x), where, "train_y")
     test_x = as_matrix(test_x, where, "test_x", flatten=True)
+    test_y = as_labels(test_y, len(test_x), where, "test_y")
     keep_train, keep_test = _annotated(train_y, target), _annotated(test_y, target)
     val = dict(val_x=None, val_y=None)
     if val_x is not None:
-        val_y = as_labels(val_y, len(np.asarray(val_y)), where, "val_y")
+        val_x = as_matrix(val_x, where, "val_x", flatten=True)
+        if val_y is None:
+            raise fail(where, "val_y", "expected the labels of val_x, got None")
+        val_y = as_labels(val_y, len(val_x), where, "val_y")
         keep_val = _annotated(val_y, target)
-        val = dict(val_x=as_matrix(val_x, where, "val_x", flatten=True)[keep_val], val_y=val_y[keep_val])
-    train_x = as_matrix(train_x, where, "train_x", flatten=True)
-    problem = dict(train_x=train_x[keep_train], train_y=train_y[keep_train], **val, pixels=pixels, seed=seed)
+        val = dict(val_x=rows_kept(val_x, keep_val), val_y=val_y[keep_val])
+    problem = dict(train_x=rows_kept(train_x, keep_train), train_y=train_y[keep_train], **val, pixels=pixels,
+                   seed=seed)
     return problem, dict(features=features, target=target, trained=int(keep_train.sum()), test_x=test_x,
                          test_y=test_y, keep_test=keep_test, groups=groups, n_boot=n_boot, seed=seed, on=on)
 
@@ -181,7 +209,7 @@ def _probe_problem(features: str, target: str, train_x, train_y, test_x, test_y,
 def _scored(probe: LinearProbe, features: str, target: str, trained: int, test_x: np.ndarray, test_y: np.ndarray,
             keep_test: np.ndarray, groups, n_boot: int, seed: int, on: str) -> ProbeResult:
     """A fitted probe scored on the kept test rows of a class it was trained on (evaluate_probe)."""
-    where = "evaluate_probe"
+    where = f"probe of {target} on {features}"
     seen = keep_test & np.isin(test_y, probe.classes)
     if not seen.any():
         raise fail(where, "test_y", "expected test rows of a class seen in training, found none")
@@ -220,19 +248,21 @@ def majority_probe(target: str, train_y, test_y, groups=None, n_boot: int = 1000
 
 
 def transfer_probes(features: dict[str, tuple], seen_family, unseen_family, val_family=None, unseen_groups=None,
-                    n_boot: int = 1000, seed: int = 0) -> dict[str, ProbeResult]:
+                    n_boot: int = 1000, seed: int = 0) -> dict[str, ProbeResult | AnalysisInputError]:
     """Localization family of proteins the model never saw, per feature set name -> (seen_x (N, d), unseen_x
     (M, d), val_x (V, d) or None); 'pixels' gets the PCA side: a probe fitted on crops of the proteins it trained on
     (family seen_family (N,); C chosen on val_x / val_family, seen proteins' validation crops), scored on crops of
     the held-out proteins (unseen_family (M,)), with intervals over unseen_groups (M,) (their fields of view). A
-    held-out protein of a family no seen protein has counts in test_unseen. The probes are fitted together."""
+    held-out protein of a family no seen protein has counts in test_unseen. The probes are fitted together; a
+    feature set whose inputs are unusable gets its AnalysisInputError in its place (the others are still scored).
+    """
     names = list(features)
     return dict(zip(names, evaluate_probes([
         dict(features=name, target="family", train_x=features[name][0], train_y=seen_family,
              test_x=features[name][1], test_y=unseen_family, val_x=features[name][2],
              val_y=val_family if features[name][2] is not None else None, pixels=name == "pixels",
              groups=unseen_groups, n_boot=n_boot, seed=seed, on="crops of proteins held out of training")
-        for name in names])))
+        for name in names], keep_errors=True)))
 
 
 def probe_scores(pipeline, train_x, train_labels, test_x, test_labels) -> dict:

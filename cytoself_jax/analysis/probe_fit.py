@@ -1,8 +1,8 @@
 """Fitting linear probes: logistic regression on standardized features (the pixel side projected on its first
 principal components), the regularization C (and the number of components) chosen by macro-F1 on a validation
-split. Every path along C runs in a worker process, all the paths of several probes in one pool (fit_probes), and
-the last few fits are remembered by a digest of their inputs, as one evaluation fits the same probe in several
-evaluators. Scoring the fitted probes: analysis/probe.py."""
+split. The paths along C of several probes run in one pool of worker processes (fit_checked; in this process
+on one core), and the last few fits are remembered by a digest of their inputs, as one evaluation fits the same
+probe in several evaluators. Scoring the fitted probes: analysis/probe.py."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,7 @@ import hashlib
 import math
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -77,54 +77,85 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
 
 
 def fit_probes(problems: Sequence[dict]) -> list[LinearProbe]:
-    """fit_probe for several probes at once, each problem a dict of fit_probe's arguments: the paths along C of
-    all of them (one per number of components on the pixel side) run in one pool of worker processes, the
-    costliest first, so that both cores stay busy to the end; each probe is the one fit_probe gives alone."""
-    checked = [_checked_problem(**problem) for problem in problems]
-    keys = [_digest(("fit_probe", *parts)) for parts in checked]
+    """fit_probe for several probes at once, each problem a dict of fit_probe's arguments (fit_checked)."""
+    return fit_checked([check_problem(**problem) for problem in problems])
+
+
+class CheckedProblem(NamedTuple):
+    """fit_probe's arguments, checked: train_x (N, d), train_y (N,) str, val_x (V, d) and val_y (V,) restricted
+    to classes seen in training (or None), and the settings."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray | None
+    val_y: np.ndarray | None
+    pixels: bool
+    c_grid: tuple
+    pca_grid: tuple
+    seed: int
+
+
+def fit_checked(problems: Sequence[CheckedProblem]) -> list[LinearProbe]:
+    """Fit checked problems at once: the paths along C of all of them (one per number of components on the pixel
+    side) run in one pool of worker processes, the costliest first, so that no worker is left with a long path at
+    the end; a problem given twice, or fitted recently, is fitted once. Each probe is the one fit_probe gives
+    alone."""
+    keys = [_digest(("fit_probe", *problem)) for problem in problems]
     fitted = {key: _recall(key) for key in keys}
-    todo = {key: parts for key, parts in zip(keys, checked) if fitted[key] is None}
-    planned = {key: _paths(*parts) for key, parts in todo.items()}
-    tasks = [(key, path) for key, (_, paths) in planned.items() for path in paths]
-    # n x width x classes: the cost of one L-BFGS iteration of a path; longest first, so none starts last
-    order = sorted(range(len(tasks)), key=lambda t: -_path_cost(tasks[t][1]))
-    found = dict(zip(order, in_processes(_c_path, [tasks[t][1] for t in order])))
-    for key, (projection, paths) in planned.items():
-        ends = [found[t] for t, (task_key, _) in enumerate(tasks) if task_key == key]  # in components order
-        score, c, k, classifier = max(ends, key=lambda f: f[0])  # the first of equal scores: fewer components
-        scaler, pca = projection
-        fitted[key] = _remember(key, LinearProbe(scaler=scaler, pca=pca, classifier=classifier, C=c,
-                                                 pca_components=k, selected_on="val" if todo[key][2] is not None
-                                                 else "defaults", val_macro_f1=score))
+    todo = {key: problem for key, problem in zip(keys, problems) if fitted[key] is None}
+    tasks, projections, spans = [], {}, {}
+    for key, problem in todo.items():
+        projections[key], paths = _paths(problem)
+        spans[key] = range(len(tasks), len(tasks) + len(paths))
+        tasks += paths
+    # n x width x classes: the cost of one L-BFGS iteration of a path
+    order = sorted(range(len(tasks)), key=lambda t: -_path_cost(tasks[t]))
+    found = dict(zip(order, in_processes(_c_path, [tasks[t] for t in order])))
+    for key, problem in todo.items():
+        # the first of equal scores wins: a problem's paths are in increasing number of components
+        score, c, k, classifier = max((found[t] for t in spans[key]), key=lambda f: f[0])
+        scaler, pca = projections[key]
+        fitted[key] = _remember(key, LinearProbe(
+            scaler=scaler, pca=pca, classifier=classifier, C=c, pca_components=k,
+            selected_on="val" if problem.val_x is not None else "defaults", val_macro_f1=score))
     return [fitted[key] for key in keys]
 
 
-def _checked_problem(train_x, train_y, val_x=None, val_y=None, pixels: bool = False,
-                     c_grid: Sequence[float] = C_GRID, pca_grid: Sequence[int] = PCA_GRID, seed: int = 0) -> tuple:
-    """fit_probe's arguments checked, as (train_x, train_y, val_x, val_y, pixels, c_grid, pca_grid, seed), the
+def check_problem(train_x, train_y, val_x=None, val_y=None, pixels: bool = False,
+                  c_grid: Sequence[float] = C_GRID, pca_grid: Sequence[int] = PCA_GRID, seed: int = 0,
+                  where: str = "fit_probe") -> CheckedProblem:
+    """fit_probe's arguments checked (otherwise a one-line AnalysisInputError naming `where` and the field), the
     validation rows restricted to classes seen in training."""
-    where = "fit_probe"
     train_x = as_matrix(train_x, where, "train_x", flatten=True)
     train_y = as_labels(train_y, len(train_x), where, "train_y")
     if len(np.unique(train_y)) < 2:
         raise fail(where, "train_y", f"expected at least 2 classes to train on, got {list(np.unique(train_y))}")
+    for field, grid in (("c_grid", c_grid), ("pca_grid", pca_grid if pixels else (0,))):
+        if not len(grid):
+            raise fail(where, field, "expected at least one value to try")
     if val_x is not None:
         val_x = as_matrix(val_x, where, "val_x", flatten=True)
         if val_x.shape[1] != train_x.shape[1]:
             raise fail(where, "val_x", f"expected {train_x.shape[1]} features like train_x, got {val_x.shape[1]}")
+        if val_y is None:
+            raise fail(where, "val_y", "expected the labels of val_x, got None")
         val_y = as_labels(val_y, len(val_x), where, "val_y")
         seen = np.isin(val_y, train_y)
         if not seen.any():
             raise fail(where, "val_y", "expected validation rows of a class seen in training, found none")
-        val_x, val_y = val_x[seen], val_y[seen]
-    return train_x, train_y, val_x, val_y, pixels, tuple(c_grid), tuple(pca_grid), seed
+        val_x, val_y = rows_kept(val_x, seen), val_y[seen]
+    return CheckedProblem(train_x, train_y, val_x, val_y, pixels, tuple(c_grid), tuple(pca_grid), seed)
 
 
-def _paths(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, val_y: np.ndarray | None,
-           pixels: bool, c_grid: Sequence[float], pca_grid: Sequence[int], seed: int
-           ) -> tuple[tuple[Any, Any], list[tuple]]:
+def rows_kept(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """x[keep], without a copy when every row is kept (the pixel matrices are the largest arrays of an eval)."""
+    return x if keep.all() else x[keep]
+
+
+def _paths(problem: CheckedProblem) -> tuple[tuple[Any, Any], list[tuple]]:
     """((fitted scaler, fitted PCA or None), the _c_path arguments of each number of components in increasing
     order, or of the embedding's one path) of a checked problem."""
+    train_x, train_y, val_x, val_y, pixels, c_grid, pca_grid, seed = problem
     has_val = val_x is not None
     cap = max(1, min(len(train_x) - 1, train_x.shape[1]))
     grid_k = sorted({min(k, cap) for k in (pca_grid if has_val else (PIXEL_COMPONENTS,))}) if pixels else [None]
@@ -205,23 +236,24 @@ def _c_path(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | None, 
     large, each fit starting from the last, stopping after C_PATIENCE values in a row that do not beat the path's
     best; ties go to the smaller C. Without validation data the one C is fitted and scored NaN. One BLAS thread:
     a fit stopped at max_iter ends where its floating-point sums led it, and their order depends on the thread
-    count, so a path fits the same in a worker process, in this process or on a machine with more cores (the
-    parallelism is the paths')."""
+    count, so a path fits the same in a worker process as in this process (the parallelism is the paths'; the
+    PCA that pixel paths start from is fitted in this process, with every thread)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
     classifier = LogisticRegression(max_iter=GRID_MAX_ITER, warm_start=True)
     best, worse = None, 0
-    for c in grid_c:
-        with warnings.catch_warnings(), threadpool_limits(limits=1):  # a large C may stop at max_iter; the
-            warnings.simplefilter("ignore", ConvergenceWarning)       # validation score judges it
-            classifier.set_params(C=c).fit(train_x, train_y)
-        score = macro_f1(val_y, classifier.predict(val_x)) if val_x is not None else math.nan
-        if best is None or score > best[0]:
-            best, worse = (score, c, k, copy.deepcopy(classifier)), 0
-        else:  # weaker regularization past the path's best only overfits more, and costs the most iterations
-            worse += 1
-            if worse >= C_PATIENCE:
-                break
+    with threadpool_limits(limits=1):
+        for c in grid_c:
+            with warnings.catch_warnings():  # a large C may stop at max_iter; the validation score judges it
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                classifier.set_params(C=c).fit(train_x, train_y)
+            score = macro_f1(val_y, classifier.predict(val_x)) if val_x is not None else math.nan
+            if best is None or score > best[0]:
+                best, worse = (score, c, k, copy.deepcopy(classifier)), 0
+            else:  # weaker regularization past the path's best only overfits more, and costs the most iterations
+                worse += 1
+                if worse >= C_PATIENCE:
+                    break
     return best

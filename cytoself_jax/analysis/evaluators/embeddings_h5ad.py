@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cytoself_jax.analysis.atlas_provenance import atlas_provenance
+from cytoself_jax.analysis.common import smallest_int
 from cytoself_jax.analysis.context import EvalContext, Evaluation
 from cytoself_jax.analysis.h5ad import embedding_var, family_obs, link_embedding, obs_names
 
@@ -34,10 +35,6 @@ OBSM_DESCRIPTION = {
     "local_indices": "local code index at each position of the local map (flattened)",
     "global_indices": "global code index at each position of the global map (flattened)",
 }
-
-
-def _small_int(a: np.ndarray, top: int) -> np.ndarray:
-    return a.astype(np.int16 if top <= np.iinfo(np.int16).max else np.int32)
 
 
 def crop_splits(ctx: EvalContext) -> np.ndarray:
@@ -74,11 +71,14 @@ def evaluate(ctx: EvalContext) -> Evaluation:
            "obs_names": "<store name>:<row of crops.npy>",
            "var_description": "one embedding dimension each: position (y, x) in the global map and feature channel",
            "recommended_neighbors": "sc.pp.neighbors(adata, use_rep='X_cytoself', metric='cosine')"}
+    def small(a: np.ndarray, largest: int) -> np.ndarray:  # (N, ...) -> (N, prod(...)), copied only to narrow
+        return a.reshape(len(a), -1).astype(smallest_int(largest), copy=False)
+
     adata = anndata.AnnData(
         X=vectors, obs=obs, var=embedding_var(out.global_vectors.shape[1:]) if out.global_vectors.ndim == 4 else None,
-        obsm={"local_histogram": _small_int(out.local_histograms, int(out.local_histograms.max(initial=0))),
-              "local_indices": _small_int(out.local_indices.reshape(len(out), -1), spec.vq_local.num_codes),
-              "global_indices": _small_int(out.global_indices.reshape(len(out), -1), spec.vq_global.num_codes),
+        obsm={"local_histogram": small(out.local_histograms, int(out.local_histograms.max(initial=0))),
+              "local_indices": small(out.local_indices, spec.vq_local.num_codes - 1),
+              "global_indices": small(out.global_indices, spec.vq_global.num_codes - 1),
               "X_umap": ctx.atlas_xy().astype(np.float32)},
         uns=uns)
     adata.write_h5ad(ctx.out / "embeddings.h5ad")

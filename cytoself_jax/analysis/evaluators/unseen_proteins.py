@@ -79,13 +79,12 @@ def evaluate(ctx: EvalContext) -> Evaluation:
                                           None if validation is None else validation[0]))}
     val_family = None if validation is None else column["family"][validation[0]]
     details["probe"] = {}
-    try:  # both sides share their labels, so a problem with them is both sides' problem
-        probed = probe.transfer_probes(sides, k_fam[pick], u_fam, val_family, unseen_groups=column["fov"][new_rows],
-                                       n_boot=o.bootstrap, seed=o.seed)
-    except AnalysisInputError as e:
-        probed = {}
-        result.notes += [f"unseen proteins: family probe on {name} not scored ({e})" for name in sides]
+    probed = probe.transfer_probes(sides, k_fam[pick], u_fam, val_family, unseen_groups=column["fov"][new_rows],
+                                   n_boot=o.bootstrap, seed=o.seed)
     for name, fitted in probed.items():
+        if isinstance(fitted, AnalysisInputError):
+            result.notes.append(f"unseen proteins: family probe on {name} not scored ({fitted})")
+            continue
         key = "unseen.family_probe_macro_f1" if name == "embedding" else f"unseen.family_probe_{name}_macro_f1"
         result.scores.append(_labelled(fitted.scores["macro_f1"], key,
                                        f"unseen proteins: family probe on {name} (macro-F1)"))
