@@ -198,7 +198,7 @@ def test_probes_fitted_together_are_the_probes_fitted_alone(monkeypatch):
     pools = []
     real = probe_fit.in_processes
     monkeypatch.setattr(probe_fit, "in_processes", lambda fn, args: pools.append(len(args)) or real(fn, args))
-    together = probe_fit.fit_probes(problems)
+    together = probe_fit.fit_checked([probe_fit.check_problem(**problem) for problem in problems])
     assert pools == [len({min(k, 40) for k in probe_fit.PCA_GRID}) + 1] and together[2] is together[0]
     probe_fit._FITS.clear()
     alone = [probe_fit.fit_probe(**problem) for problem in problems[:2]]

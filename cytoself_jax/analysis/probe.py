@@ -195,9 +195,7 @@ def _probe_problem(features: str, target: str, train_x, train_y, test_x, test_y,
     val = dict(val_x=None, val_y=None)
     if val_x is not None:
         val_x = as_matrix(val_x, where, "val_x", flatten=True)
-        if val_y is None:
-            raise fail(where, "val_y", "expected the labels of val_x, got None")
-        val_y = as_labels(val_y, len(val_x), where, "val_y")
+        val_y = as_labels(val_y, len(val_x), where, "val_y")  # None too: 'expected a 1-D sequence of labels'
         keep_val = _annotated(val_y, target)
         val = dict(val_x=rows_kept(val_x, keep_val), val_y=val_y[keep_val])
     problem = dict(train_x=rows_kept(train_x, keep_train), train_y=train_y[keep_train], **val, pixels=pixels,

@@ -72,13 +72,7 @@ def fit_probe(train_x, train_y, val_x=None, val_y=None, pixels: bool = False, c_
     of one PCA fitted on train (capped at train rows - 1 and d); C runs from small to large, each fit starting from
     the last (the same optimum: the problem is convex), and a path stops after C_PATIENCE values in a row that do
     not beat its best (weaker regularization past the best overfits more and needs the most iterations)."""
-    return fit_probes([dict(train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, pixels=pixels,
-                            c_grid=c_grid, pca_grid=pca_grid, seed=seed)])[0]
-
-
-def fit_probes(problems: Sequence[dict]) -> list[LinearProbe]:
-    """fit_probe for several probes at once, each problem a dict of fit_probe's arguments (fit_checked)."""
-    return fit_checked([check_problem(**problem) for problem in problems])
+    return fit_checked([check_problem(train_x, train_y, val_x, val_y, pixels, c_grid, pca_grid, seed)])[0]
 
 
 class CheckedProblem(NamedTuple):
@@ -137,8 +131,6 @@ def check_problem(train_x, train_y, val_x=None, val_y=None, pixels: bool = False
         val_x = as_matrix(val_x, where, "val_x", flatten=True)
         if val_x.shape[1] != train_x.shape[1]:
             raise fail(where, "val_x", f"expected {train_x.shape[1]} features like train_x, got {val_x.shape[1]}")
-        if val_y is None:
-            raise fail(where, "val_y", "expected the labels of val_x, got None")
         val_y = as_labels(val_y, len(val_x), where, "val_y")
         seen = np.isin(val_y, train_y)
         if not seen.any():
