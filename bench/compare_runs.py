@@ -1,6 +1,7 @@
 """Compare groups of evaluated trainings (e.g. two settings, 5 trainings each): one record per training and, per
 group and score, n, mean, the between-training sd and a 95% CI of the mean; for two groups, the difference with
-Welch's and an exact permutation test's p-values. Prints Markdown and writes:
+Welch's and an exact permutation test's p-values, and the ratio of their sds with the F-test's and the
+Brown-Forsythe test's p-values of equal spread. Prints Markdown and writes:
 
     OUT_trainings.csv / .json   one row per training: run, seed, fold, held-out proteins, epochs run, chosen epoch,
                                 the code that evaluated it, every score with its 95% interval
@@ -93,10 +94,15 @@ def compare(groups: dict[str, list[Path | dict]], eval_dir: str, keys: Sequence[
     if len(groups) == 2:
         first, second = list(groups)
         diff = difference_table(rows, first, second, keys)
-        text += (f"\n\nDifference {first} - {second} (Welch's t-test and exact permutation test, two-sided):\n\n"
-                 + markdown_table([(d["score"], _fmt(d["difference"]), _fmt(d["welch_p"]), _fmt(d["permutation_p"]))
+        text += (f"\n\nDifference {first} - {second} (Welch's t-test and exact permutation test, two-sided), and "
+                 "their spreads: the between-training sds, their ratio and the p-values of equal spread (F-test; "
+                 "Brown-Forsythe, robust to one outlying training):\n\n"
+                 + markdown_table([(d["score"], _fmt(d["difference"]), _fmt(d["welch_p"]), _fmt(d["permutation_p"]),
+                                    f"{_fmt(d[f'{first} sd'])} / {_fmt(d[f'{second} sd'])}", _fmt(d["sd_ratio"]),
+                                    _fmt(d["f_test_p"]), _fmt(d["brown_forsythe_p"]))
                                    for d in diff.to_dict("records")],
-                                  ("score", "difference of means", "Welch p", "permutation p")))
+                                  ("score", "difference of means", "Welch p", "permutation p",
+                                   f"sd {first} / {second}", "sd ratio", "F-test p", "Brown-Forsythe p")))
     paired = None
     if pairs:
         paired = pd.concat([paired_table(group_rows, pairs).assign(group=name) for name, group_rows in rows.items()],

@@ -46,6 +46,43 @@ def test_welch_p_matches_the_formula():
     assert compare.welch_p([1.0], [2.0, 3.0]) is None
 
 
+def test_f_test_p_matches_the_formula_and_is_symmetric():
+    from scipy import stats
+
+    a, b = np.array([1.0, 2.0, 4.0, 3.5]), np.array([3.0, 5.0, 6.5, 4.0, 7.0, 9.0])
+    f = a.var(ddof=1) / b.var(ddof=1)
+    expected = 2 * min(stats.f.cdf(f, 3, 5), stats.f.sf(f, 3, 5))
+    assert compare.f_test_p(a, b) == pytest.approx(expected)
+    assert compare.f_test_p(b, a) == pytest.approx(expected)  # the ratio's direction does not change the test
+    assert compare.f_test_p([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert compare.f_test_p([1.0, 1.0], [2.0, 3.0]) is None and compare.f_test_p([1.0], [2.0, 3.0]) is None
+
+
+def test_brown_forsythe_p_is_anova_on_absolute_deviations_from_medians():
+    from scipy import stats
+
+    a, b = np.array([0.50, 0.52, 0.55, 0.49, 0.90]), np.array([0.20, 0.60, 0.45, 0.75, 0.30])
+    # the slow reference: a one-way ANOVA F on |x - median of its group|, by hand
+    za, zb = np.abs(a - np.median(a)), np.abs(b - np.median(b))
+    z, grand = np.concatenate([za, zb]), np.concatenate([za, zb]).mean()
+    between = len(za) * (za.mean() - grand) ** 2 + len(zb) * (zb.mean() - grand) ** 2
+    within = ((za - za.mean()) ** 2).sum() + ((zb - zb.mean()) ** 2).sum()
+    f = between / (within / (len(z) - 2))
+    assert compare.brown_forsythe_p(a, b) == pytest.approx(stats.f.sf(f, 1, len(z) - 2))
+    # one outlying training widens the sd (the F-test sees a difference) but not the median deviation
+    assert compare.brown_forsythe_p(a, b) > compare.f_test_p(a, b) or compare.f_test_p(a, b) > 0.05
+    assert compare.brown_forsythe_p([1.0, None, float("nan")], [2.0, 3.0]) is None  # one value left in a
+
+
+def test_difference_table_reports_both_spreads_and_their_ratio():
+    rows = {"x": [{"s": v} for v in (1.0, 2.0, 3.0)], "y": [{"s": v} for v in (1.0, 5.0, 9.0, None)]}
+    d = compare.difference_table(rows, "x", "y", ["s"]).iloc[0]
+    assert d["x sd"] == pytest.approx(1.0) and d["y sd"] == pytest.approx(4.0)
+    assert d["sd_ratio"] == pytest.approx(0.25)
+    assert d["f_test_p"] == pytest.approx(compare.f_test_p([1.0, 2.0, 3.0], [1.0, 5.0, 9.0]))
+    assert d["brown_forsythe_p"] == pytest.approx(compare.brown_forsythe_p([1.0, 2.0, 3.0], [1.0, 5.0, 9.0]))
+
+
 def test_permutation_p_is_exact_over_all_relabellings():
     a, b = [1.0, 2.0, 3.0], [10.0, 11.0, 12.0]
     assert compare.permutation_p(a, b) == pytest.approx(2 / 20)  # only the observed split and its mirror

@@ -1,7 +1,8 @@
 """Comparing trainings: one record per training (its scores with their intervals, seed, epochs, code), and per
 group of trainings n, mean, the between-training sd and a 95% confidence interval of the mean, with Welch's t-test
-and an exact permutation test between two groups. A difference between groups is reported with its p-value,
-never as "better" on means alone.
+and an exact permutation test between two groups, and their spreads compared (the ratio of between-training sds,
+with the F-test and the Brown-Forsythe test). A difference between groups is reported with its p-value, never as
+"better" on means alone.
 
 The unit here is the training: scores of one training are one observation, whatever their own intervals (those
 measure the sampling of fields of view within one training; the between-training sd measures what a new training
@@ -83,21 +84,51 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
     return {"n": n, "mean": float(v.mean()), "sd": sd, "low": float(v.mean() - half), "high": float(v.mean() + half)}
 
 
+def _values(group: Sequence[float]) -> np.ndarray:
+    """A group's values without the missing ones (None or NaN: a score a training could not compute)."""
+    return np.asarray([x for x in group if x is not None and not math.isnan(x)], float)
+
+
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided p-value of Welch's t-test (unequal variances) between two groups of trainings; None when a group
     has fewer than 2 values or both have no spread."""
     from scipy import stats
 
-    a, b = (np.asarray([x for x in g if x is not None], float) for g in (a, b))
+    a, b = _values(a), _values(b)
     if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
         return None
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def f_test_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of the F-test of equal variances between two groups of trainings (assumes normal values:
+    sensitive to an outlying training); None when a group has fewer than 2 values or no spread."""
+    from scipy import stats
+
+    a, b = _values(a), _values(b)
+    if len(a) < 2 or len(b) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    f = a.var(ddof=1) / b.var(ddof=1)
+    one_side = stats.f.cdf(f, len(a) - 1, len(b) - 1)
+    return float(min(1.0, 2 * min(one_side, 1 - one_side)))
+
+
+def brown_forsythe_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """p-value of the Brown-Forsythe test of equal spreads (Levene's test on absolute deviations from each group's
+    median: robust to one outlying training, weaker than the F-test at n = 5); None when a group has fewer than 2
+    values or neither has any spread."""
+    from scipy import stats
+
+    a, b = _values(a), _values(b)
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return None
+    return float(stats.levene(a, b, center="median").pvalue)
+
+
 def permutation_p(a: Sequence[float], b: Sequence[float], max_exact: int = 20_000, seed: int = 0) -> float | None:
     """Two-sided permutation p-value of the difference of means: exact over all relabellings when there are at most
     `max_exact` of them (e.g. 5 vs 5: 252), else 20,000 random ones (+1 smoothed). None when a group is empty."""
-    a, b = (np.asarray([x for x in g if x is not None], float) for g in (a, b))
+    a, b = _values(a), _values(b)
     if len(a) == 0 or len(b) == 0:
         return None
     pooled, n = np.concatenate([a, b]), len(a)
@@ -119,7 +150,7 @@ def sign_flip_p(differences: Sequence[float], max_exact: int = 20_000, seed: int
     """Two-sided p-value of a mean paired difference by flipping signs: exact over all 2^n flips when there are at
     most `max_exact` of them (5 trainings: 32, so p >= 1/16), else 20,000 random flips (+1 smoothed). None when
     empty."""
-    d = np.asarray([x for x in differences if x is not None and not math.isnan(x)], float)
+    d = _values(differences)
     if len(d) == 0:
         return None
     observed = abs(d.mean())
@@ -165,16 +196,22 @@ def group_table(groups: Mapping[str, Sequence[Mapping]], keys: Sequence[str] | N
 
 def difference_table(groups: Mapping[str, Sequence[Mapping]], first: str, second: str,
                      keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per score, the two groups' means, their difference and Welch's and the permutation test's p-values."""
+    """Per score, the two groups' means, their difference and Welch's and the permutation test's p-values; their
+    between-training sds, the ratio first / second and the F-test's and Brown-Forsythe test's p-values of equal
+    spread."""
     keys = list(keys or score_keys(r for rows in groups.values() for r in rows))
     out = []
     for key in keys:
         a = [r.get(key) for r in groups[first]]
         b = [r.get(key) for r in groups[second]]
-        ma, mb = mean_interval(a)["mean"], mean_interval(b)["mean"]
+        sa, sb = mean_interval(a), mean_interval(b)
+        ma, mb = sa["mean"], sb["mean"]
         out.append({"score": key, first: ma, second: mb,
                     "difference": None if ma is None or mb is None else ma - mb,
-                    "welch_p": welch_p(a, b), "permutation_p": permutation_p(a, b)})
+                    "welch_p": welch_p(a, b), "permutation_p": permutation_p(a, b),
+                    f"{first} sd": sa["sd"], f"{second} sd": sb["sd"],
+                    "sd_ratio": sa["sd"] / sb["sd"] if sa["sd"] is not None and sb["sd"] else None,
+                    "f_test_p": f_test_p(a, b), "brown_forsythe_p": brown_forsythe_p(a, b)})
     return pd.DataFrame(out)
 
 
