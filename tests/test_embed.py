@@ -154,9 +154,38 @@ def test_embed_command_one_field_per_protein_unseen_proteins(run_dir, one_field_
         assert (out / name).is_file(), name
     assert json.loads((out / MARKER).read_text())["written_by"] == "embed"
     assert not (run_dir / "eval").exists()  # never over the run's own eval
-    # Run again: its own earlier output is replaced.
-    assert embed_cli.main(args + ["--center-crop"]) == 0
+    # Run again, the pass held on disk (--pass-memory-mib 0; the same evaluation, so --force): its own earlier
+    # output is replaced, with the same results, and the memory-mapped pass is gone.
+    assert embed_cli.main(args + ["--center-crop", "--pass-memory-mib", "0", "--force"]) == 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert not (out / ".pass").exists()
+    spilled = json.loads((out / "metrics.json").read_text())
+    assert spilled["scores"] == m["scores"] and spilled["map"] == m["map"]
+    assert [n for n in spilled["notes"] if n not in m["notes"]] == [
+        next(n for n in spilled["notes"] if n.startswith("the pass's per-crop arrays ("))]
+    np.testing.assert_array_equal(anndata.read_h5ad(out / "embeddings.h5ad").X, adata.X)
+
+
+def test_a_large_pass_is_held_in_memory_mapped_files_with_the_same_values(run, tiny_store_path, tmp_path):
+    from cytoself_jax.analysis.embed import Spill, extract
+
+    store, rows = open_store(tiny_store_path), np.arange(2, 90, 5)
+    kwargs = dict(channels=CHANNELS, batch_size=8, full=True, labels=np.zeros(len(rows), np.int32), progress=False)
+    in_memory = extract(run.model, run.variables, store, rows, **kwargs)
+    assert in_memory.on_disk is None
+    small = extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "big", 10**9), **kwargs)
+    assert small.on_disk is None and not (tmp_path / "big").exists()  # under the limit: in memory
+    held = extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "pass", 0), **kwargs)
+    assert held.on_disk == tmp_path / "pass"
+    for array in (held.global_vectors, held.class_ranks["global"]):  # ndarrays over the files' mappings
+        assert type(array) is np.ndarray and isinstance(array.base, np.memmap)
+    files = sorted(p.name for p in held.on_disk.iterdir())
+    assert files == sorted(["global_vectors.npy", "global_indices.npy", "local_indices.npy", "local_histograms.npy",
+                            "class_ranks_global.npy", "class_ranks_local.npy", "squared_error.npy"]), files
+    for field in ("global_vectors", "global_indices", "local_indices", "local_histograms", "squared_error"):
+        np.testing.assert_array_equal(getattr(held, field), getattr(in_memory, field), err_msg=field)
+        assert getattr(held, field).dtype == getattr(in_memory, field).dtype
+    np.testing.assert_array_equal(np.load(held.on_disk / "global_vectors.npy"), in_memory.global_vectors)
 
 
 def test_empty_test_split_message_says_why_and_what_to_do(run_dir, tmp_path):

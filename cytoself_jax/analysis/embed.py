@@ -7,11 +7,16 @@ normalization applied to the array, are split over every local device along the
 'data' axis with the variables replicated, and the results are gathered back to host numpy arrays in the order of
 the rows asked for. A last partial batch is padded to the full batch with zero images, so one compiled program
 serves every batch; the padded outputs are dropped.
+
+A pass over many crops can keep its per-crop arrays on disk instead of in memory (`Spill`): memory-mapped .npy
+files filled batch by batch, read back through the page cache as the analyses touch them. At the paper's sizes a
+pass keeps 42.5 kB per crop (36.9 kB of float32 global vectors): 47 GB for OpenCell's 1.1M crops.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -55,8 +60,41 @@ class SplitOutputs:
     squared_error: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
 
+    on_disk: Path | None = None  # the folder of the memory-mapped per-crop arrays (Spill); None: in memory
+
     def __len__(self) -> int:
         return len(self.index)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spill:
+    """Keep a pass's per-crop arrays in memory-mapped .npy files in `folder` (created; one file per array) when
+    together they would take more than `above_bytes` in memory (0: always). The caller owns the folder and removes
+    it once the arrays are no longer read."""
+
+    folder: Path
+    above_bytes: int
+
+
+def pass_bytes(shapes: Any, crops: int) -> int:
+    """Bytes of the per-crop arrays of a pass over `crops` crops, from the per-batch shapes (leading axis: batch)."""
+    return crops * sum(math.prod(s.shape[1:]) * np.dtype(s.dtype).itemsize for s in jax.tree.leaves(shapes))
+
+
+def _host_buffers(shapes: Any, crops: int, spill: Spill | None) -> tuple[Any, Path | None]:
+    """Host arrays (crops, ...) for each per-crop output of a pass: in memory, or memory-mapped files in
+    spill.folder when the pass is larger than spill.above_bytes. Returns (buffers, that folder or None)."""
+    if spill is None or pass_bytes(shapes, crops) <= spill.above_bytes:
+        return jax.tree.map(lambda s: np.empty((crops, *s.shape[1:]), s.dtype), shapes), None
+    spill.folder.mkdir(parents=True, exist_ok=True)
+
+    def mapped(path, s):
+        name = "_".join(str(getattr(k, "key", k)) for k in path)
+        mapping = np.lib.format.open_memmap(spill.folder / f"{name}.npy", mode="w+", dtype=s.dtype,
+                                            shape=(crops, *s.shape[1:]))
+        return np.asarray(mapping)  # a plain ndarray over the mapping (no copy): libraries that refuse np.memmap
+        # (anndata's writer) take it, and it keeps the mapping open as its base
+    return jax.tree_util.tree_map_with_path(mapped, shapes), spill.folder
 
 
 def _compact(values: jax.Array, largest: int) -> jax.Array:
@@ -113,6 +151,7 @@ def extract(
     prefetch: int = 2,
     progress: bool = True,
     desc: str = "embed",
+    spill: Spill | None = None,
 ) -> SplitOutputs:
     """Run the model over store rows (N,) (any order; each row once) and gather SplitOutputs in that order.
 
@@ -123,7 +162,8 @@ def extract(
     reconstructions of the crops at positions `reconstruct` (into rows; a few examples: the others never leave
     the devices). local_vectors=True also
     returns the local quantized vectors (large: keep it for small sets). `fit` maps each raw crop to the model's
-    size first (imaging.fit.Fit). Single host: every device must be addressable.
+    size first (imaging.fit.Fit). `spill` keeps a large pass's per-crop arrays in memory-mapped files (Spill;
+    the result's on_disk names their folder). Single host: every device must be addressable.
     """
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     mesh = mesh if mesh is not None else mesh_lib.make_mesh(jax.local_devices())
@@ -132,7 +172,7 @@ def extract(
     batches = make_dataset(store, rows, channels=channels, batch_size=batch, train=False, drop_remainder=False,
                            num_workers=num_workers, prefetch=prefetch, fit=fit)
     return _run(model, variables, batches, rows, (*size, len(channels)), batch, mesh, full, reconstruct, labels,
-                local_vectors, progress, desc)
+                local_vectors, progress, desc, spill)
 
 
 def extract_arrays(
@@ -173,7 +213,7 @@ def _global_batch(batch_size: int, mesh: Mesh) -> int:
 
 def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shape: tuple[int, int, int], batch: int,
          mesh: Mesh, full: bool, reconstruct: Sequence[int], labels: np.ndarray | None, local_vectors: bool,
-         progress: bool, desc: str) -> SplitOutputs:
+         progress: bool, desc: str, spill: Spill | None = None) -> SplitOutputs:
     """The jitted, sharded pass over batches of normalized crops whose 'index' runs through rows in order."""
     fn = _embed_fn(model, full, local_vectors)
     if full and (labels is None or np.shape(labels) != rows.shape):
@@ -184,7 +224,7 @@ def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shap
                             jax.ShapeDtypeStruct((batch,), jnp.int32))
     # Host buffers for the whole pass, filled batch by batch.
     rec_shape = shapes.pop("reconstruction", None)
-    buffers = jax.tree.map(lambda s: np.empty((len(rows), *s.shape[1:]), s.dtype), shapes)
+    buffers, on_disk = _host_buffers(shapes, len(rows), spill)
     keep = np.asarray(reconstruct, dtype=np.int64).reshape(-1)
     if len(keep) and (not full or keep.min() < 0 or keep.max() >= len(rows)):
         raise ValueError(f"extract: reconstruct: expected positions in [0, {len(rows)}) with full=True, got {keep}")
@@ -223,4 +263,4 @@ def _run(model, variables, batches: Iterable[dict], rows: np.ndarray, image_shap
             collect(pending)
     if offset != len(rows):
         raise RuntimeError(f"extract: expected {len(rows)} crops from the pipeline, got {offset}")
-    return SplitOutputs(index=rows, reconstructions=reconstructions, **buffers)
+    return SplitOutputs(index=rows, reconstructions=reconstructions, on_disk=on_disk, **buffers)

@@ -79,6 +79,10 @@ class EvalOptions:
                                        "metrics.json (default: refuse a store holding any).", embed=True)
     force: bool = _opt(False, "Recompute even when the output folder already holds this evaluation (same code, "
                               "checkpoint, store and options).", embed=True)
+    pass_memory_mib: int = _opt(2048, "A pass over the evaluated crops whose per-crop arrays (embeddings, code "
+                                      "indices, histograms) would take more than this many MiB keeps them in "
+                                      "memory-mapped files in the output's staging folder, removed before the output "
+                                      "is written (0: always; the results are the same).", minimum=0, embed=True)
 
 
 def option_fields() -> tuple[dataclasses.Field, ...]:

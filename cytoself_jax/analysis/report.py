@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -23,7 +24,7 @@ import numpy as np
 from cytoself_jax.analysis import complexes, outdir
 from cytoself_jax.analysis.common import safe_name
 from cytoself_jax.analysis.context import EvalContext, largest
-from cytoself_jax.analysis.embed import extract
+from cytoself_jax.analysis.embed import Spill, extract
 from cytoself_jax.analysis.evaluators import REGISTRY
 from cytoself_jax.analysis.evaluators.reconstructions import EXAMPLES, example_rows
 from cytoself_jax.analysis.options import EvalError, EvalOptions, check_options
@@ -36,6 +37,8 @@ from cytoself_jax.memory import anonymous_rss_mib, peak_rss_mib
 from cytoself_jax.provenance import code_identity
 from cytoself_jax.staging import staged_writes
 from cytoself_jax.run import checkpoint_step, has_checkpoint, load_run, load_run_config
+
+PASS_FOLDER = ".pass"  # inside the staging folder: a large pass's memory-mapped arrays (Spill), removed before commit
 
 __all__ = ["EvalError", "EvalOptions", "EvalResult", "default_out_dir", "eval_command", "evaluation_identity",
            "run_eval"]
@@ -121,10 +124,11 @@ def _splits(o: EvalOptions, config, store: CropStore, store_path: Path, run_dir:
 
 def evaluation_identity(o: EvalOptions, run_dir: Path, store: CropStore) -> dict:
     """What an evaluation's outputs depend on: the code (package source and library versions), the options (not
-    where they go or how progress shows), the checkpoint (step and the time its folder was written: a new run in
+    where they go, how progress shows or where the pass is held), the checkpoint (step and the time its folder was written: a new run in
     the same folder differs), the store's fingerprint and the complexes table's bytes. Recorded in the output's
     marker."""
-    options = {k: v for k, v in dataclasses.asdict(o).items() if k not in ("out", "progress", "force")}
+    options = {k: v for k, v in dataclasses.asdict(o).items()
+               if k not in ("out", "progress", "force", "pass_memory_mib")}
     options["proteins"], options["evaluators"] = list(o.proteins), list(o.evaluators)
     checkpoint: Any = "random-init"
     if not o.random_init:
@@ -197,12 +201,16 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         outputs = extract(run.model, run.variables, store, rows, full=True, reconstruct=examples, labels=classes,
                           desc=f"{o.split} crops", channels=run.channels, batch_size=config_batch,
                           num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress,
-                          fit=fit)
+                          fit=fit, spill=Spill(tmp / PASS_FOLDER, o.pass_memory_mib * 2**20))
         ctx = EvalContext(options=o, out=tmp, run=run, store=store, store_path=store_path, fit=fit, rows=rows,
                           table=table, outputs=outputs, examples=examples, class_ids=classes, splits=splits,
                           heldout=heldout)
         embed_seconds, embed_rss, embed_anon = time.perf_counter() - started, peak_rss_mib(), anonymous_rss_mib()
         metrics = _run_evaluators(ctx)
+        if outputs.on_disk is not None:
+            metrics["notes"].append(f"the pass's per-crop arrays ({_gib(outputs.on_disk)}) were held in memory-mapped "
+                                    f"files, not in memory (larger than pass_memory_mib = {o.pass_memory_mib})")
+            shutil.rmtree(outputs.on_disk)  # not an output (embeddings.h5ad holds the embedding)
         metrics["seconds"] = {"embed": round(embed_seconds, 2), **metrics["seconds"]}
         metrics["peak_rss_mib"] = {"embed": embed_rss, **metrics["peak_rss_mib"]}
         metrics["anonymous_rss_mib"] = {"embed": embed_anon, **metrics["anonymous_rss_mib"]}
@@ -218,6 +226,10 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         (tmp / "metrics.md").write_text(metrics_markdown(metrics))
         outdir.commit(tmp, out, command)
     return EvalResult(out_dir=out, metrics=metrics)
+
+
+def _gib(folder: Path) -> str:
+    return f"{sum(p.stat().st_size for p in folder.iterdir()) / 2**30:.2f} GiB"
 
 
 def _usable(o: EvalOptions, store: CropStore, rows: np.ndarray, splits: dict[str, np.ndarray]

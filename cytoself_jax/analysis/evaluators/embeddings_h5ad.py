@@ -59,7 +59,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     }, index=pd.Index(obs_names(ctx.store_path.name, out.index), name="crop"))
     o = ctx.options
     provenance = atlas_provenance(ctx)
-    vectors = ctx.vectors.astype(np.float32)
+    vectors = ctx.vectors.astype(np.float32, copy=False)  # no copy of a pass held on disk (Spill)
     uns = {"channels": list(ctx.channels), "proteins": list(ctx.run.proteins), "split": o.split,
            "run_dir": str(ctx.run.run_dir), "store": str(ctx.store_path), "step": int(ctx.run.step),
            "random_init": o.random_init, "local_shape": list(spec.local_shape), "global_shape": list(spec.global_shape),
