@@ -51,9 +51,10 @@ def _fmt(v) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{v:.3g}"
 
 
-def read_records(path: Path, group: str, eval_dir: str) -> list[dict]:
+def read_records(path: Path, group: str, eval_dir: str | None) -> list[dict]:
     """The per-training rows of `group` in a committed OUT_trainings.json (each keeps the commit it was compared
-    at as 'compared_at_commit'); a one-line error when the file, the group or its eval folder does not fit."""
+    at as 'compared_at_commit'); a one-line error when the file, the group or its eval folder (unless eval_dir is
+    None: any) does not fit."""
     try:
         rows = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -65,9 +66,9 @@ def read_records(path: Path, group: str, eval_dir: str) -> list[dict]:
         names = sorted({str(r.get("group")) for r in rows})
         raise SystemExit(f"error: {path}: field 'group': no training of group {group!r} (groups there: {names})")
     other = sorted({str(r.get("eval_dir")) for r in found} - {eval_dir})
-    if other:
+    if other and eval_dir is not None:
         raise SystemExit(f"error: {path}: field 'eval_dir': group {group!r} was evaluated in {other}, not "
-                         f"{eval_dir!r} (--eval-dir)")
+                         f"{eval_dir!r} (--eval-dir; --any-eval-dir compares them anyway)")
     return found
 
 
@@ -87,8 +88,13 @@ def compare(groups: dict[str, list[Path | dict]], eval_dir: str, keys: Sequence[
     summary = group_table(rows, keys)
     wide = summary.assign(cell=[format_cell(r) for r in summary.to_dict("records")]) \
         .pivot(index="score", columns="group", values="cell").reindex(index=keys, columns=list(groups))
+    folders = {name: sorted({str(r.get("eval_dir")) for r in group_rows}) for name, group_rows in rows.items()}
+    mixed = len({tuple(f) for f in folders.values()}) > 1
     text = ("Per group: mean +- between-training sd [95% CI of the mean] (n trainings); one record per training in "
-            "the _trainings files.\n\n" + markdown_table([(k, *wide.loc[k].tolist()) for k in keys],
+            "the _trainings files."
+            + (" Evaluated in different folders: " + "; ".join(f"{n}: {', '.join(f)}" for n, f in folders.items())
+               + "." if mixed else "")
+            + "\n\n" + markdown_table([(k, *wide.loc[k].tolist()) for k in keys],
                                                          ("score", *groups)))
     diff = None
     if len(groups) == 2:
@@ -135,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
                         help="NAME FILE [GROUP]: a group read from committed per-training records (an earlier "
                         "OUT_trainings.json), its trainings of GROUP there (default: NAME); repeatable")
     parser.add_argument("--eval-dir", default="test", help="the eval folder under RUN/eval/ (test, test-latest)")
+    parser.add_argument("--any-eval-dir", action="store_true",
+                        help="a group read with --records keeps the eval folder its trainings were evaluated in (e.g. "
+                        "the last epoch of a fixed budget, test-latest, against the best epoch of trainings to early "
+                        "stop, test); the table names each group's")
     parser.add_argument("--scores", nargs="*", default=None, help="score keys to show (default: all)")
     parser.add_argument("--out", default=None, help="path prefix for the tables and the per-training records")
     parser.add_argument("--paired", nargs=2, action="append", default=[], metavar=("FIRST", "SECOND"),
@@ -151,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         if option == "--records":
             if len(rest) not in (1, 2):
                 parser.error(f"--records {name} {' '.join(rest)}: expected NAME FILE [GROUP]")
-            groups[name] = read_records(Path(rest[0]), rest[1] if len(rest) == 2 else name, args.eval_dir)
+            groups[name] = read_records(Path(rest[0]), rest[1] if len(rest) == 2 else name,
+                                        None if args.any_eval_dir else args.eval_dir)
             continue
         found = [Path(r) for r in rest if (Path(r) / "eval" / args.eval_dir / "metrics.json").exists()]
         if found:

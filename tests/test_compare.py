@@ -118,7 +118,8 @@ def test_paired_table_takes_differences_within_each_training():
     assert t["sign_flip_p"] == pytest.approx(compare.sign_flip_p(d))
 
 
-def _evaluated_run(root: Path, seed: int, scores: dict[str, float], epochs: int, best: int) -> Path:
+def _evaluated_run(root: Path, seed: int, scores: dict[str, float], epochs: int, best: int,
+                   eval_dir: str = "test") -> Path:
     root.mkdir(parents=True)
     config = tiny_config(root, root)
     config.seed = seed
@@ -127,8 +128,8 @@ def _evaluated_run(root: Path, seed: int, scores: dict[str, float], epochs: int,
         json.dumps({"kind": "epoch", "epoch": e, "best_epoch": best, "val_dead_codes_local": 100 - e}) + "\n"
         for e in range(epochs)))
     records = {k: Score(k, k, v, low=v - 0.1, high=v + 0.1).to_json() for k, v in scores.items()}
-    (root / "eval" / "test").mkdir(parents=True)
-    (root / "eval" / "test" / "metrics.json").write_text(json.dumps(
+    (root / "eval" / eval_dir).mkdir(parents=True)
+    (root / "eval" / eval_dir / "metrics.json").write_text(json.dumps(
         {"scores": records, "run": {"heldout_proteins": ["P9"], "step": 10,
                                     "code": {"source_sha256": "abcdef0123456789"}}}))
     return root
@@ -180,6 +181,14 @@ def test_compare_runs_reads_a_group_back_from_committed_records(tmp_path):
     # records of another eval folder are not mixed in silently, and a group name means one group
     with pytest.raises(SystemExit, match=r"field 'eval_dir': group 'old' was evaluated in \['test'\], not 'test-latest'"):
         compare_runs.main(["--eval-dir", "test-latest", "--records", "x", str(records), "old"])
+    # ... unless asked for (a fixed budget's last epoch against trainings to early stop): the table says so
+    mixed = tmp_path / "mixed"
+    latest = [_evaluated_run(tmp_path / f"l{s}", s, {"knn.top1": 0.1 * s}, epochs=5, best=5, eval_dir="test-latest")
+              for s in range(3)]
+    compare_runs.main(["--eval-dir", "test-latest", "--any-eval-dir", "--records", "x", str(records), "old",
+                       "--group", "budget", *map(str, latest), "--out", str(mixed)])
+    assert "Evaluated in different folders: x: test; budget: test-latest." in mixed.with_suffix(".md").read_text()
+    assert pd.read_csv(f"{mixed}_difference.csv").iloc[0]["difference"] == pytest.approx(0.2)
     for argv in (["--records", "new", str(records), "old", "--group", "new", *map(str, b)], []):
         with pytest.raises(SystemExit) as stopped:
             compare_runs.main(argv)
