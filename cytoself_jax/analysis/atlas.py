@@ -20,7 +20,8 @@ def fit_umap(embeddings, seed: int = 0, n_neighbors: int = 15, min_dist: float =
              metric: str = "euclidean") -> tuple[Any, np.ndarray]:
     """2-D UMAP of embeddings (N, ...) flattened per row; umap-learn defaults (the paper's). Returns the fitted
     umap.UMAP (for place_on_umap) and its (N, 2) float32 coordinates. A fixed seed makes it reproducible
-    (umap-learn then runs single-threaded)."""
+    (umap-learn then runs single-threaded), except on rows with exact duplicates (umap-learn issue #1277: the same
+    seed then gives another map in another process)."""
     x = as_matrix(embeddings, "compute_umap", "embeddings", flatten=True, min_rows=3)
     if not 2 <= n_neighbors < len(x):
         raise fail("compute_umap", "n_neighbors", f"expected 2 <= n_neighbors < {len(x)} (points), got {n_neighbors}")
