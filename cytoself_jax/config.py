@@ -113,6 +113,7 @@ def paper_config() -> ml_collections.ConfigDict:
     c.train.plateau_patience = 4
     c.train.plateau_factor = 0.1
     c.train.plateau_min_delta = 1e-4
+    c.train.plateau_min_lr = 1e-8  # the TF code's early_stop_lr, its ReduceLROnPlateau's min_lr
     c.train.early_stop_patience = 12
     c.train.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
     # Mid-epoch checkpoints, for runs that may be preempted: besides the one at each epoch's end, 'latest' is also

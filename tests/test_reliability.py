@@ -605,6 +605,9 @@ BAD_INPUTS = {
     "negative plateau min_delta": (_config_case(**{"train.plateau_min_delta": -0.1}), ValueError,
                                    r"config.train.plateau_min_delta: expected a number >= 0 \(Keras' default 1e-4\), "
                                    r"found -0.1"),
+    "negative plateau min_lr": (_config_case(**{"train.plateau_min_lr": -1e-8}), ValueError,
+                                r"config.train.plateau_min_lr: expected a number >= 0 \(the paper's code: 1e-8\), "
+                                r"found -1e-08"),
 }
 
 

@@ -49,6 +49,23 @@ def test_schedule_plateau_drops_lr_then_restarts_counter_and_stops_early():
     assert loop.epoch == 7
 
 
+def test_plateau_never_drops_the_learning_rate_below_its_floor():
+    """The paper's code's ReduceLROnPlateau(min_lr=1e-8): lr = max(lr * factor, min_lr), no drop once at the floor;
+    a run saved before the floor existed (no plateau_min_lr) has none."""
+    cfg = _train_cfg(plateau_patience=1, plateau_factor=0.1, early_stop_patience=100, max_epochs=100,
+                     select_from_epoch=1, plateau_min_lr=0.005)
+    loop, lrs = LoopState(learning_rate=1.0), []
+    for v in [1.0] + [2.0] * 5:
+        loop, _ = after_validation(loop, v, cfg)
+        lrs.append(loop.learning_rate)
+    np.testing.assert_allclose(lrs, [1.0, 0.1, 0.01, 0.005, 0.005, 0.005])
+    del cfg["plateau_min_lr"]
+    loop = LoopState(learning_rate=1.0)
+    for v in [1.0] + [2.0] * 5:
+        loop, _ = after_validation(loop, v, cfg)
+    assert loop.learning_rate == pytest.approx(1e-5)
+
+
 def test_warm_up_epochs_are_never_best_and_count_towards_no_patience():
     """The paper's callbacks_start_from: epochs before select_from_epoch (1-based) are not candidates; a warm-up
     epoch with the lowest loss (a collapsed codebook's tiny VQ terms) does not become the best."""
@@ -102,12 +119,13 @@ def test_loop_state_saved_before_plateau_best_resumes_with_one_best():
 
 def test_paper_config_selects_the_model_as_the_paper_code_does():
     """The TF code's callbacks monitor val_loss (the total) from the 0-based epoch > callbacks_start_from = 1,
-    ReduceLROnPlateau(factor 0.1, patience 4, min_delta 1e-4), EarlyStopping(patience 12, min_delta 0)."""
+    ReduceLROnPlateau(factor 0.1, patience 4, min_delta 1e-4, min_lr 1e-8), EarlyStopping(patience 12, min_delta
+    0)."""
     from cytoself_jax.config import paper_config
 
     t = paper_config().train
     assert (t.monitor, t.select_from_epoch, t.plateau_factor, t.plateau_patience, t.plateau_min_delta,
-            t.early_stop_patience) == ("loss", 3, 0.1, 4, 1e-4, 12)
+            t.plateau_min_lr, t.early_stop_patience) == ("loss", 3, 0.1, 4, 1e-4, 1e-8, 12)
 
 
 def test_monitored_value_leaves_out_the_weighted_vq_terms():

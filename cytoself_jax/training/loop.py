@@ -157,6 +157,10 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     if not (math.isfinite(t.plateau_min_delta) and t.plateau_min_delta >= 0):
         raise ValueError(f"config.train.plateau_min_delta: expected a number >= 0 (Keras' default 1e-4), found "
                          f"{t.plateau_min_delta!r}")
+    min_lr = t.get("plateau_min_lr", 0.0)
+    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not (math.isfinite(min_lr) and min_lr >= 0):
+        raise ValueError(f"config.train.plateau_min_lr: expected a number >= 0 (the paper's code: 1e-8), found "
+                         f"{min_lr!r}")
     if not (math.isfinite(t.learning_rate) and t.learning_rate > 0):
         raise ValueError(f"config.train.learning_rate: expected a positive number, found {t.learning_rate!r}")
     if jax.process_count() > 1 and t.eval_batch_size % jax.device_count():
