@@ -56,6 +56,9 @@ def test_f_test_p_matches_the_formula_and_is_symmetric():
     assert compare.f_test_p(b, a) == pytest.approx(expected)  # the ratio's direction does not change the test
     assert compare.f_test_p([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
     assert compare.f_test_p([1.0, 1.0], [2.0, 3.0]) is None and compare.f_test_p([1.0], [2.0, 3.0]) is None
+    # a tiny p is computed from the upper tail, not as 1 - cdf
+    wide, narrow = np.linspace(0, 100, 30), np.linspace(0, 1, 30)
+    assert 0 < compare.f_test_p(wide, narrow) == pytest.approx(2 * stats.f.sf(np.var(wide) / np.var(narrow), 29, 29))
 
 
 def test_brown_forsythe_p_is_anova_on_absolute_deviations_from_medians():
@@ -69,9 +72,13 @@ def test_brown_forsythe_p_is_anova_on_absolute_deviations_from_medians():
     within = ((za - za.mean()) ** 2).sum() + ((zb - zb.mean()) ** 2).sum()
     f = between / (within / (len(z) - 2))
     assert compare.brown_forsythe_p(a, b) == pytest.approx(stats.f.sf(f, 1, len(z) - 2))
-    # one outlying training widens the sd (the F-test sees a difference) but not the median deviation
-    assert compare.brown_forsythe_p(a, b) > compare.f_test_p(a, b) or compare.f_test_p(a, b) > 0.05
-    assert compare.brown_forsythe_p([1.0, None, float("nan")], [2.0, 3.0]) is None  # one value left in a
+    # one outlying training widens the sd (the F-test sees a difference) but not the median deviations
+    tight, spread = [0.50, 0.51, 0.52, 0.50, 0.51, 0.95], [0.45, 0.55, 0.48, 0.52, 0.50, 0.53]
+    assert compare.f_test_p(tight, spread) < 0.01 and compare.brown_forsythe_p(tight, spread) > 0.3
+    # fewer than 3 values left in a group (None and NaN dropped): nothing to test; with 2 the deviations from the
+    # median are equal, and levene would say p = 0
+    assert compare.brown_forsythe_p([1.0, 3.0, None, float("nan")], [0.0, 4.0, 2.0]) is None
+    assert compare.brown_forsythe_p([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) is None  # no spread at all
 
 
 def test_difference_table_reports_both_spreads_and_their_ratio():

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import anndata
@@ -158,7 +159,7 @@ def test_embed_command_one_field_per_protein_unseen_proteins(run_dir, one_field_
     # output is replaced, with the same results, and the memory-mapped pass is gone.
     assert embed_cli.main(args + ["--center-crop", "--pass-memory-mib", "0", "--force"]) == 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
-    assert not (out / ".pass").exists()
+    assert not (out / ".pass").exists() and ".pass" not in json.loads((out / MARKER).read_text())["files"]
     spilled = json.loads((out / "metrics.json").read_text())
     assert spilled["scores"] == m["scores"] and spilled["map"] == m["map"]
     assert [n for n in spilled["notes"] if n not in m["notes"]] == [
@@ -166,16 +167,18 @@ def test_embed_command_one_field_per_protein_unseen_proteins(run_dir, one_field_
     np.testing.assert_array_equal(anndata.read_h5ad(out / "embeddings.h5ad").X, adata.X)
 
 
-def test_a_large_pass_is_held_in_memory_mapped_files_with_the_same_values(run, tiny_store_path, tmp_path):
+def test_a_large_pass_is_held_in_memory_mapped_files_with_the_same_values(run, tiny_store_path, tmp_path,
+                                                                         monkeypatch):
     from cytoself_jax.analysis.embed import Spill, extract
 
     store, rows = open_store(tiny_store_path), np.arange(2, 90, 5)
     kwargs = dict(channels=CHANNELS, batch_size=8, full=True, labels=np.zeros(len(rows), np.int32), progress=False)
     in_memory = extract(run.model, run.variables, store, rows, **kwargs)
     assert in_memory.on_disk is None
-    small = extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "big", 10**9), **kwargs)
+    out = tmp_path / "out"
+    small = extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "big", 10**9, out), **kwargs)
     assert small.on_disk is None and not (tmp_path / "big").exists()  # under the limit: in memory
-    held = extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "pass", 0), **kwargs)
+    held = extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "pass", 0, out), **kwargs)
     assert held.on_disk == tmp_path / "pass"
     for array in (held.global_vectors, held.class_ranks["global"]):  # ndarrays over the files' mappings
         assert type(array) is np.ndarray and isinstance(array.base, np.memmap)
@@ -186,6 +189,17 @@ def test_a_large_pass_is_held_in_memory_mapped_files_with_the_same_values(run, t
         np.testing.assert_array_equal(getattr(held, field), getattr(in_memory, field), err_msg=field)
         assert getattr(held, field).dtype == getattr(in_memory, field).dtype
     np.testing.assert_array_equal(np.load(held.on_disk / "global_vectors.npy"), in_memory.global_vectors)
+    # a folder holding files (another pass, still read) is never written over
+    with pytest.raises(ValueError, match=r"pass: expected an empty folder for the pass's arrays, found files"):
+        extract(run.model, run.variables, store, rows, spill=Spill(tmp_path / "pass", 0, out), **kwargs)
+    # a disk without the space is refused before anything is mapped (a mapped file on a full disk kills the process)
+    from cytoself_jax import staging
+
+    full = tmp_path / "full"
+    monkeypatch.setattr(staging.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    with pytest.raises(staging.WriteFailed, match=r"out: .*No space left on device.*needs .*, 1 kB free"):
+        extract(run.model, run.variables, store, rows, spill=Spill(full, 0, out), **kwargs)
+    assert not any(full.iterdir())
 
 
 def test_empty_test_split_message_says_why_and_what_to_do(run_dir, tmp_path):

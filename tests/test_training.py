@@ -54,11 +54,13 @@ def test_plateau_never_drops_the_learning_rate_below_its_floor():
     a run saved before the floor existed (no plateau_min_lr) has none."""
     cfg = _train_cfg(plateau_patience=1, plateau_factor=0.1, early_stop_patience=100, max_epochs=100,
                      select_from_epoch=1, plateau_min_lr=0.005)
-    loop, lrs = LoopState(learning_rate=1.0), []
+    loop, lrs, waits = LoopState(learning_rate=1.0), [], []
     for v in [1.0] + [2.0] * 5:
         loop, _ = after_validation(loop, v, cfg)
         lrs.append(loop.learning_rate)
+        waits.append(loop.plateau_epochs)
     np.testing.assert_allclose(lrs, [1.0, 0.1, 0.01, 0.005, 0.005, 0.005])
+    assert waits == [0, 0, 0, 0, 1, 2]  # reset by each drop; at the floor, no drop and no reset (Keras)
     del cfg["plateau_min_lr"]
     loop = LoopState(learning_rate=1.0)
     for v in [1.0] + [2.0] * 5:

@@ -69,11 +69,11 @@ def score_keys(rows: Iterable[Mapping]) -> list[str]:
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
-    """n, mean, sd (ddof=1) and the t-interval of the mean of independent trainings' values (None entries
-    dropped); sd and interval None for n < 2."""
+    """n, mean, sd (ddof=1) and the t-interval of the mean of independent trainings' values (None and NaN
+    entries dropped); sd and interval None for n < 2."""
     from scipy import stats
 
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    v = _values(values)
     n = len(v)
     if n == 0:
         return {"n": 0, "mean": None, "sd": None, "low": None, "high": None}
@@ -108,19 +108,22 @@ def f_test_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     a, b = _values(a), _values(b)
     if len(a) < 2 or len(b) < 2 or a.std() == 0 or b.std() == 0:
         return None
-    f = a.var(ddof=1) / b.var(ddof=1)
-    one_side = stats.f.cdf(f, len(a) - 1, len(b) - 1)
-    return float(min(1.0, 2 * min(one_side, 1 - one_side)))
+    f, dof = a.var(ddof=1) / b.var(ddof=1), (len(a) - 1, len(b) - 1)
+    return float(min(1.0, 2 * min(stats.f.cdf(f, *dof), stats.f.sf(f, *dof))))  # sf: exact for tiny p
 
 
 def brown_forsythe_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """p-value of the Brown-Forsythe test of equal spreads (Levene's test on absolute deviations from each group's
-    median: robust to one outlying training, weaker than the F-test at n = 5); None when a group has fewer than 2
-    values or neither has any spread."""
+    median: robust to one outlying training, weaker than the F-test at n = 5); None when a group has fewer than 3
+    values (with 2, both deviations from the median are equal: no spread within to test against) or the deviations
+    have no spread within the groups."""
     from scipy import stats
 
     a, b = _values(a), _values(b)
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+    if len(a) < 3 or len(b) < 3:
+        return None
+    deviations = [np.abs(g - np.median(g)) for g in (a, b)]
+    if all(np.ptp(d) == 0 for d in deviations):
         return None
     return float(stats.levene(a, b, center="median").pvalue)
 

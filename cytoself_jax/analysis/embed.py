@@ -31,6 +31,7 @@ from cytoself_jax.data.pipeline import make_dataset, normalize_crop
 from cytoself_jax.data.store import CropStore
 from cytoself_jax.imaging.fit import Fit
 from cytoself_jax.models.quantizer import code_histogram
+from cytoself_jax.staging import require_space
 from cytoself_jax import mesh as mesh_lib
 
 
@@ -68,12 +69,14 @@ class SplitOutputs:
 
 @dataclasses.dataclass(frozen=True)
 class Spill:
-    """Keep a pass's per-crop arrays in memory-mapped .npy files in `folder` (created; one file per array) when
-    together they would take more than `above_bytes` in memory (0: always). The caller owns the folder and removes
-    it once the arrays are no longer read."""
+    """Keep a pass's per-crop arrays in memory-mapped .npy files in `folder` (created, or empty; one file per array)
+    when together they would take more than `above_bytes` in memory (0: always). `out`: the output the pass is for,
+    named when the disk lacks the space (refused before writing: a mapped file on a full disk kills the process).
+    The caller owns the folder and removes it once the arrays are no longer read."""
 
     folder: Path
     above_bytes: int
+    out: Path
 
 
 def pass_bytes(shapes: Any, crops: int) -> int:
@@ -84,9 +87,13 @@ def pass_bytes(shapes: Any, crops: int) -> int:
 def _host_buffers(shapes: Any, crops: int, spill: Spill | None) -> tuple[Any, Path | None]:
     """Host arrays (crops, ...) for each per-crop output of a pass: in memory, or memory-mapped files in
     spill.folder when the pass is larger than spill.above_bytes. Returns (buffers, that folder or None)."""
-    if spill is None or pass_bytes(shapes, crops) <= spill.above_bytes:
+    size = pass_bytes(shapes, crops)
+    if spill is None or size <= spill.above_bytes:
         return jax.tree.map(lambda s: np.empty((crops, *s.shape[1:]), s.dtype), shapes), None
     spill.folder.mkdir(parents=True, exist_ok=True)
+    if any(spill.folder.iterdir()):  # w+ would truncate files another pass may still be reading
+        raise ValueError(f"{spill.folder}: expected an empty folder for the pass's arrays, found files in it")
+    require_space(spill.folder, size, spill.out)
 
     def mapped(path, s):
         name = "_".join(str(getattr(k, "key", k)) for k in path)

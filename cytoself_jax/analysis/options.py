@@ -82,7 +82,8 @@ class EvalOptions:
     pass_memory_mib: int = _opt(2048, "A pass over the evaluated crops whose per-crop arrays (embeddings, code "
                                       "indices, histograms) would take more than this many MiB keeps them in "
                                       "memory-mapped files in the output's staging folder, removed before the output "
-                                      "is written (0: always; the results are the same).", minimum=0, embed=True)
+                                      "is written (0: always; the results are the same; it needs that much free "
+                                      "disk there).", minimum=0, embed=True)
 
 
 def option_fields() -> tuple[dataclasses.Field, ...]:

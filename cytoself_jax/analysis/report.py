@@ -201,7 +201,7 @@ def run_eval(run_dir: str | Path, options: EvalOptions = EvalOptions()) -> EvalR
         outputs = extract(run.model, run.variables, store, rows, full=True, reconstruct=examples, labels=classes,
                           desc=f"{o.split} crops", channels=run.channels, batch_size=config_batch,
                           num_workers=config.data.num_workers, prefetch=config.data.prefetch, progress=o.progress,
-                          fit=fit, spill=Spill(tmp / PASS_FOLDER, o.pass_memory_mib * 2**20))
+                          fit=fit, spill=Spill(tmp / PASS_FOLDER, o.pass_memory_mib * 2**20, out))
         ctx = EvalContext(options=o, out=tmp, run=run, store=store, store_path=store_path, fit=fit, rows=rows,
                           table=table, outputs=outputs, examples=examples, class_ids=classes, splits=splits,
                           heldout=heldout)
