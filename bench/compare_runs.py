@@ -94,8 +94,7 @@ def compare(groups: dict[str, list[Path | dict]], eval_dir: str, keys: Sequence[
             "the _trainings files."
             + (" Evaluated in different folders: " + "; ".join(f"{n}: {', '.join(f)}" for n, f in folders.items())
                + "." if mixed else "")
-            + "\n\n" + markdown_table([(k, *wide.loc[k].tolist()) for k in keys],
-                                                         ("score", *groups)))
+            + "\n\n" + markdown_table([(k, *wide.loc[k].tolist()) for k in keys], ("score", *groups)))
     diff = None
     if len(groups) == 2:
         first, second = list(groups)

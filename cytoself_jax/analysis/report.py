@@ -124,9 +124,9 @@ def _splits(o: EvalOptions, config, store: CropStore, store_path: Path, run_dir:
 
 def evaluation_identity(o: EvalOptions, run_dir: Path, store: CropStore) -> dict:
     """What an evaluation's outputs depend on: the code (package source and library versions), the options (not
-    where they go, how progress shows or where the pass is held), the checkpoint (step and the time its folder was written: a new run in
-    the same folder differs), the store's fingerprint and the complexes table's bytes. Recorded in the output's
-    marker."""
+    where they go, how progress shows or where the pass is held), the checkpoint (step and the time its folder was
+    written: a new run in the same folder differs), the store's fingerprint and the complexes table's bytes.
+    Recorded in the output's marker."""
     options = {k: v for k, v in dataclasses.asdict(o).items()
                if k not in ("out", "progress", "force", "pass_memory_mib")}
     options["proteins"], options["evaluators"] = list(o.proteins), list(o.evaluators)
