@@ -6,12 +6,15 @@ as unraisable or thread exceptions, pages of tracebacks), sometimes after the fa
 checkpoint module raises its own one-line error (or warns once) instead, so these reports are captured: records
 of orbax's modules go to the DEBUG level of the 'cytoself_jax.orbax' logger (message only, no traceback), and so
 do asyncio's 'Task exception was never retrieved' reports of orbax's read tasks (logged when the failed task is
-garbage-collected, after the read has failed in one line); the closed-loop exceptions are dropped. Anything else
-is shown as usual.
+garbage-collected, after the read has failed in one line; a task that awaits a tensorstore future itself has no
+Python frame of either library, only asyncio's, and is known by tensorstore's message); the closed-loop exceptions
+are dropped. Anything else is shown as usual.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import sys
 import threading
 import traceback
@@ -22,6 +25,8 @@ import tensorstore
 
 ORBAX_DIR = str(Path(orbax.checkpoint.__file__).resolve().parent)
 LIBRARY_DIRS = (ORBAX_DIR, str(Path(tensorstore.__file__).resolve().parent))
+ASYNCIO_DIR = str(Path(asyncio.__file__).resolve().parent)
+TENSORSTORE_ERROR = re.compile(r"[A-Z][A-Z_]+: ")  # tensorstore's messages start with an absl status code
 CAPTURED = logging.getLogger("cytoself_jax.orbax")
 _installed = False
 
@@ -53,7 +58,11 @@ class _OrbaxTasks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
-        if not any(_under(f.filename, LIBRARY_DIRS) for f in frames):
+        in_library = any(_under(f.filename, LIBRARY_DIRS) for f in frames)
+        # a tensorstore future wrapped in a task (asyncio.ensure_future) fails in C code: asyncio's frames only
+        awaited_future = bool(frames) and all(_under(f.filename, (ASYNCIO_DIR,)) for f in frames) \
+            and TENSORSTORE_ERROR.match(str(exc)) is not None
+        if not (in_library or awaited_future):
             return True
         if CAPTURED.isEnabledFor(logging.DEBUG):
             CAPTURED.debug("asyncio: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
